@@ -1,0 +1,186 @@
+"""Scores for JSON-extraction tasks (free text in, a JSON object out). Never raise on predictions.
+
+Definitions:
+
+- valid JSON: the prediction, stripped of surrounding whitespace, parses with ``json.loads``.
+- schema adherence (only when a JSON Schema is given): the prediction is valid JSON *and*
+  validates against the schema. The rate is over all examples, so invalid JSON counts as a miss.
+- exact match: the prediction is valid JSON and ``canonical(pred) == canonical(ref)``, where
+  ``canonical`` serialises with sorted keys and no insignificant whitespace, after turning
+  integral floats into ints (``1.0`` equals ``1``; ``true`` does not equal ``1``).
+- fields: a JSON value is flattened into a set of ``(path, leaf)`` pairs. Paths start empty;
+  an object key ``k`` appends ``.k`` when ``k`` matches ``[A-Za-z_][A-Za-z0-9_]*`` and
+  ``["k"]`` (JSON-escaped) otherwise; an array index ``i`` appends ``[i]``; a leading ``.`` is
+  dropped. So ``{"a": {"b": 1}, "items": [{"name": "x"}]}`` gives ``a.b -> 1`` and
+  ``items[0].name -> "x"``. Leaves are scalars (string, number, bool, null) and *empty*
+  objects/arrays (so ``{"a": []}`` has the field ``a -> []``); a scalar document is the single
+  field ``"" -> value``. Leaves are compared by their canonical JSON text.
+- field precision/recall/F1 are micro-averaged over the whole set: TP = pairs present in both
+  pred and ref, summed over examples; precision = TP / predicted pairs, recall = TP / reference
+  pairs, F1 = their harmonic mean. Invalid JSON contributes no predicted pairs. A zero
+  denominator gives 1.0 when the other side is also empty (nothing to find, nothing claimed)
+  and 0.0 otherwise; F1 is 0.0 when precision + recall is 0.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class JsonExampleScore:
+    """Scores of one prediction: validity, schema adherence (None without a schema), exact
+    match, and the field counts (true positives, predicted pairs, reference pairs)."""
+
+    valid_json: bool
+    schema_valid: bool | None
+    exact_match: bool
+    true_positives: int
+    n_pred_fields: int
+    n_ref_fields: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class JsonMetrics:
+    """Aggregate JSON scores over ``n`` examples; ``schema_adherence_rate`` is None when no
+    schema was given. Field precision/recall/F1 are micro-averaged (see module docstring)."""
+
+    n: int
+    valid_json_rate: float
+    schema_adherence_rate: float | None
+    field_precision: float
+    field_recall: float
+    field_f1: float
+    exact_match: float
+
+
+def _canon_value(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {str(k): _canon_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canon_value(v) for v in value]
+    return str(value)
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical text of a parsed JSON value: sorted keys, compact, integral floats as ints."""
+    return json.dumps(_canon_value(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _key_segment(key: str) -> str:
+    return f".{key}" if _SIMPLE_KEY.match(key) else f"[{json.dumps(key, ensure_ascii=False)}]"
+
+
+def flatten(value: Any) -> dict[str, str]:
+    """Flatten a parsed JSON value into ``{path: canonical leaf text}`` (module docstring)."""
+    out: dict[str, str] = {}
+
+    def walk(v: Any, path: str) -> None:
+        if isinstance(v, dict) and v:
+            for k, child in v.items():
+                walk(child, path + _key_segment(str(k)))
+        elif isinstance(v, (list, tuple)) and v:
+            for i, child in enumerate(v):
+                walk(child, f"{path}[{i}]")
+        else:
+            out[path[1:] if path.startswith(".") else path] = canonical_json(v)
+
+    walk(value, "")
+    return out
+
+
+def parse_json(text: Any) -> tuple[Any, str | None]:
+    """Parse prediction text; returns ``(value, None)`` or ``(_MISSING, reason)``. Never raises."""
+    if not isinstance(text, str):
+        return _MISSING, f"not a string: {type(text).__name__}"
+    try:
+        return json.loads(text.strip()), None
+    except (ValueError, RecursionError) as exc:
+        return _MISSING, f"invalid JSON: {str(exc)[:80]}"
+
+
+def score_json_example(prediction: Any, reference: Any, validator: Any | None = None) -> JsonExampleScore:
+    """Score one prediction string against an already-parsed reference JSON value.
+
+    ``validator`` is a ``jsonschema`` validator instance (e.g. from ``make_validator``) or None.
+    """
+    ref_fields = flatten(reference)
+    pred, error = parse_json(prediction)
+    if pred is _MISSING:
+        return JsonExampleScore(False, False if validator is not None else None, False, 0, 0, len(ref_fields), error)
+    schema_valid: bool | None = None
+    if validator is not None:
+        try:
+            schema_valid = bool(validator.is_valid(pred))
+        except Exception:  # a pathological instance must not crash scoring
+            schema_valid = False
+    try:
+        pred_fields = flatten(pred)
+        exact = canonical_json(pred) == canonical_json(reference)
+    except (ValueError, RecursionError) as exc:
+        return JsonExampleScore(True, schema_valid, False, 0, 0, len(ref_fields), f"unscorable JSON: {exc}"[:100])
+    tp = sum(1 for path, leaf in pred_fields.items() if ref_fields.get(path) == leaf)
+    return JsonExampleScore(True, schema_valid, exact, tp, len(pred_fields), len(ref_fields), None)
+
+
+def make_validator(schema: dict[str, Any]) -> Any:
+    """Build a ``jsonschema`` validator for ``schema``; raises ``jsonschema.SchemaError`` if the
+    schema itself is invalid (the caller turns that into a user error)."""
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _ratio(num: int, den: int, other_side: int) -> float:
+    if den:
+        return num / den
+    return 1.0 if other_side == 0 else 0.0
+
+
+def aggregate_json(scores: Sequence[JsonExampleScore], with_schema: bool) -> JsonMetrics:
+    """Aggregate per-example scores (rates are 0.0 when there are no examples)."""
+    n = len(scores)
+
+    def rate(flags: Sequence[bool]) -> float:
+        return sum(flags) / n if n else 0.0
+
+    tp = sum(s.true_positives for s in scores)
+    n_pred = sum(s.n_pred_fields for s in scores)
+    n_ref = sum(s.n_ref_fields for s in scores)
+    precision = _ratio(tp, n_pred, n_ref)
+    recall = _ratio(tp, n_ref, n_pred)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return JsonMetrics(
+        n=n,
+        valid_json_rate=rate([s.valid_json for s in scores]),
+        schema_adherence_rate=rate([bool(s.schema_valid) for s in scores]) if with_schema else None,
+        field_precision=precision,
+        field_recall=recall,
+        field_f1=f1,
+        exact_match=rate([s.exact_match for s in scores]),
+    )
+
+
+def score_json_all(
+    predictions: Sequence[Any], references: Sequence[Any], schema: dict[str, Any] | None = None
+) -> tuple[list[JsonExampleScore], JsonMetrics]:
+    """Score aligned predictions (strings) and parsed references; ValueError on length mismatch."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    validator = make_validator(schema) if schema is not None else None
+    scores = [score_json_example(p, r, validator) for p, r in zip(predictions, references)]
+    return scores, aggregate_json(scores, with_schema=schema is not None)
