@@ -1,0 +1,60 @@
+"""The only place eval touches storage: read a text file, write a file atomically.
+
+Local paths only for now; a ``gs://`` branch (fsspec) belongs here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from parsetune.errors import UserError
+
+
+def read_text(path: str) -> str:
+    """Return the UTF-8 text of ``path``; ``UserError`` if it is missing, unreadable or not UTF-8."""
+    if "://" in path:
+        raise UserError(f"{path}: only local paths are supported by eval for now")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def check_output_dir(out_dir: str) -> None:
+    """``UserError`` unless ``out_dir`` is a local directory or does not exist yet (creates nothing)."""
+    if "://" in out_dir:
+        raise UserError(f"{out_dir}: only local output directories are supported by eval for now")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"{out_dir}: exists and is not a directory")
+
+
+def write_files_atomic(out_dir: str, files: dict[str, bytes]) -> list[str]:
+    """Create ``out_dir`` if needed and write each ``name -> content`` atomically (temp file in the
+    same directory, then ``os.replace``). Returns the written paths in order."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out_dir}: cannot create output directory ({exc.strerror})") from None
+    written = []
+    for name, data in files.items():
+        final = os.path.join(out_dir, name)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o644)
+                f.write(data)
+            os.replace(tmp, final)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        written.append(final)
+    return written
