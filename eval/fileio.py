@@ -16,7 +16,7 @@ def read_text(path: str) -> str:
     if "://" in path:
         raise UserError(f"{path}: only local paths are supported by eval for now")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # tolerate a BOM
             return f.read()
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
