@@ -37,24 +37,27 @@ def check_output_dir(out_dir: str) -> None:
 
 
 def write_files_atomic(out_dir: str, files: dict[str, bytes]) -> list[str]:
-    """Create ``out_dir`` if needed and write each ``name -> content`` atomically (temp file in the
-    same directory, then ``os.replace``). Returns the written paths in order."""
+    """Create ``out_dir`` if needed and write each ``name -> content`` atomically: every file is
+    first written to a temp file in ``out_dir``, and only when all are staged are they moved into
+    place with ``os.replace``. Returns the written paths in order."""
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{out_dir}: cannot create output directory ({exc.strerror})") from None
-    written = []
-    for name, data in files.items():
-        final = os.path.join(out_dir, name)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-        try:
+    staged: list[tuple[str, str]] = []
+    try:
+        for name, data in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
+            staged.append((tmp, os.path.join(out_dir, name)))
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(f.fileno(), 0o644)
                 f.write(data)
+        for tmp, final in staged:
             os.replace(tmp, final)
-        except BaseException:
+    except OSError as exc:
+        raise UserError(f"{out_dir}: cannot write outputs ({exc.strerror or exc})") from None
+    finally:
+        for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            raise
-        written.append(final)
-    return written
+    return [final for _, final in staged]

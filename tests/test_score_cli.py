@@ -176,3 +176,16 @@ def test_cli_main_reports_user_error_in_one_line(tmp_path: Path, capsys):
     assert cli.main(["eval", "score", str(preds), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{preds}:2:" in err
+
+
+def test_write_failure_leaves_no_temp_files(tmp_path: Path, monkeypatch):
+    from eval import fileio
+
+    def boom(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "replace", boom)
+    out = tmp_path / "o"
+    with pytest.raises(UserError, match="cannot write outputs"):
+        fileio.write_files_atomic(str(out), {"a.txt": b"1", "b.txt": b"2"})
+    assert list(out.iterdir()) == []
