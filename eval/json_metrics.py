@@ -145,6 +145,25 @@ def make_validator(schema: dict[str, Any]) -> Any:
     return cls(schema)
 
 
+def load_json_schema(path: str) -> dict[str, Any]:
+    """Read a JSON Schema file (local or gs://); ``UserError`` if it is not valid JSON or not a schema."""
+    from parsetune import storage
+    from parsetune.errors import UserError
+
+    try:
+        schema = json.loads(storage.read_text(path))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: malformed JSON schema ({exc.msg})") from None
+    if not isinstance(schema, dict):
+        raise UserError(f"{path}:1: a JSON Schema must be a JSON object")
+    try:
+        make_validator(schema)
+    except Exception as exc:  # jsonschema.SchemaError and friends
+        message = getattr(exc, "message", str(exc))
+        raise UserError(f"{path}: invalid JSON Schema ({message})") from None
+    return schema
+
+
 def _ratio(num: int, den: int, other_side: int) -> float:
     if den:
         return num / den

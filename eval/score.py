@@ -19,7 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from eval import fileio
+from parsetune import storage
+from eval.json_metrics import load_json_schema
 from parsetune.errors import UserError
 
 TASKS: tuple[str, ...] = ("viggo", "json")
@@ -59,7 +60,7 @@ def _check_reference(path: str, line: int, reference: Any, task: str) -> Any:
 def read_predictions(path: str, task: str = "viggo") -> list[PredictionRecord]:
     """Read and validate a predictions JSONL file; ``UserError`` naming ``file:line`` on any
     malformed line, missing or mistyped field, invalid reference, duplicate id, or no rows."""
-    text = fileio.read_text(path)
+    text = storage.read_text(path)
     records: list[PredictionRecord] = []
     first_line: dict[str, int] = {}
     for line_no, raw in enumerate(text.split("\n"), start=1):
@@ -92,24 +93,6 @@ def read_predictions(path: str, task: str = "viggo") -> list[PredictionRecord]:
     if not records:
         raise UserError(f"{path}: empty file, no predictions")
     return records
-
-
-def _load_schema(schema_path: str) -> dict[str, Any]:
-    from eval.json_metrics import make_validator
-
-    text = fileio.read_text(schema_path)
-    try:
-        schema = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{schema_path}:{exc.lineno}: malformed JSON schema ({exc.msg})") from None
-    if not isinstance(schema, dict):
-        raise UserError(f"{schema_path}:1: a JSON Schema must be a JSON object")
-    try:
-        make_validator(schema)
-    except Exception as exc:  # jsonschema.SchemaError and friends
-        message = getattr(exc, "message", str(exc))
-        raise UserError(f"{schema_path}: invalid JSON Schema ({message})") from None
-    return schema
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> bytes:
@@ -175,12 +158,14 @@ def score_predictions(path: str, out_dir: str, task: str = "viggo", schema_path:
         raise UserError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     if schema_path is not None and task != "json":
         raise UserError("--schema only applies to --task json")
-    fileio.check_output_dir(out_dir)
-    schema = _load_schema(schema_path) if schema_path is not None else None
+    storage.check_output_dir(out_dir)
+    schema = load_json_schema(schema_path) if schema_path is not None else None
     records = read_predictions(path, task)
     if task == "viggo":
         summary, files = _viggo_outputs(records, path)
     else:
         summary, files = _json_outputs(records, path, schema)
-    fileio.write_files_atomic(out_dir, files)
+    with storage.AllOrNothingWriter() as writer:
+        for name, data in files.items():
+            writer.write_bytes(storage.join(out_dir, name), data)
     return summary

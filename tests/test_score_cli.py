@@ -122,7 +122,7 @@ def test_empty_file(tmp_path: Path, content):
 def test_other_user_errors(tmp_path: Path):
     preds = _write_jsonl(tmp_path / "p.jsonl", [_row(1)])
     out = tmp_path / "out"
-    with pytest.raises(UserError, match="file not found"):
+    with pytest.raises(UserError, match="no such file"):
         score_predictions(str(tmp_path / "missing.jsonl"), str(out))
     with pytest.raises(UserError, match="unknown task"):
         score_predictions(str(preds), str(out), task="sql")
@@ -178,14 +178,21 @@ def test_cli_main_reports_user_error_in_one_line(tmp_path: Path, capsys):
     assert err.count("\n") == 1 and f"{preds}:2:" in err
 
 
-def test_write_failure_leaves_no_temp_files(tmp_path: Path, monkeypatch):
-    from eval import fileio
+def test_write_failure_removes_what_was_written(tmp_path: Path, monkeypatch):
+    from parsetune import storage
 
-    def boom(src, dst):
-        raise OSError(28, "No space left on device")
+    real_replace = storage.os.replace
+    calls = []
 
-    monkeypatch.setattr(fileio.os, "replace", boom)
+    def replace_then_fail(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(storage.os, "replace", replace_then_fail)
+    preds = _write_jsonl(tmp_path / "p.jsonl", [_row(1)])
     out = tmp_path / "o"
-    with pytest.raises(UserError, match="cannot write outputs"):
-        fileio.write_files_atomic(str(out), {"a.txt": b"1", "b.txt": b"2"})
+    with pytest.raises(OSError, match="No space left"):
+        score_predictions(str(preds), str(out))
     assert list(out.iterdir()) == []

@@ -1,0 +1,5 @@
+import sys
+
+from parsetune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,65 @@
+"""The ``parsetune`` console script: a thin dispatcher over the prep, pipelines, eval and infra packages.
+
+Each package registers its own subcommand (``register(subparsers)``) and sets ``func``; errors the
+user can fix are raised as :class:`UserError` and printed as one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from parsetune import __version__
+from parsetune.errors import UserError
+
+NOT_BUILT = {
+    "train": "train a model with Levanter (full or LoRA) from a YAML config",
+    "export": "export a training checkpoint as a merged HF checkpoint",
+    "tpu": "create TPU VMs and submit training jobs to them with gcloud",
+    "run": "prep -> train -> export -> eval in one go, from one config",
+}
+
+
+def not_built(name: str):
+    def run(args) -> int:
+        print(f"parsetune {name}: not built yet", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from eval.cli import register as register_eval
+    from prep.cli import register as register_prep
+
+    parser = argparse.ArgumentParser(
+        prog="parsetune",
+        description="Fine-tune language models to turn text into structure (ViGGO semantic parsing, "
+        "text-to-JSON) with Levanter on JAX, and measure how well they do it.",
+    )
+    parser.add_argument("--version", action="version", version=f"parsetune {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    register_prep(subparsers)
+    register_eval(subparsers)
+    for name, summary in NOT_BUILT.items():
+        if name not in subparsers.choices:
+            sub = subparsers.add_parser(name, help=f"{summary} (not built yet)", description=summary)
+            sub.set_defaults(func=not_built(name))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"parsetune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"parsetune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
