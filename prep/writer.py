@@ -1,0 +1,96 @@
+"""Render examples into prompt/completion records and write the splits plus ``manifest.json``.
+
+Everything is rendered and checked in memory first; then each split is written atomically and
+the manifest last. If any write fails, the files this run wrote are removed again.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+from parsetune import storage
+from parsetune.errors import UserError
+from prep.prompt import PromptTemplate
+from prep.records import PreparedRecord, SourceExample, records_to_jsonl
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "parsetune.prepared/v1"
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    split: str
+    file: str
+    rows: int
+    sha256: str
+    tokens: dict | None  # prompt+completion token statistics when a tokenizer was given
+
+
+def render_split(examples: list[SourceExample], template: PromptTemplate, shots: tuple[SourceExample, ...]) -> list[PreparedRecord]:
+    return [PreparedRecord(id=ex.id, input=template.render(ex.text, shots), output=ex.target) for ex in examples]
+
+
+def token_stats(records: list[PreparedRecord], tokenizer_path: str) -> dict:
+    """Lengths in tokens of prompt, completion and both (completion + 1 for EOS)."""
+    from tokenizers import Tokenizer
+
+    file = os.path.join(tokenizer_path, "tokenizer.json") if os.path.isdir(tokenizer_path) else tokenizer_path
+    if not os.path.exists(file):
+        raise UserError(f"{tokenizer_path}: no tokenizer.json found")
+    tokenizer = Tokenizer.from_file(file)
+    prompts = [len(e.ids) for e in tokenizer.encode_batch([r.input for r in records], add_special_tokens=False)]
+    outputs = [len(e.ids) for e in tokenizer.encode_batch([r.output for r in records], add_special_tokens=False)]
+    totals = sorted(p + o + 1 for p, o in zip(prompts, outputs))
+    return {
+        "max_prompt": max(prompts),
+        "max_completion": max(outputs),
+        "max_total": totals[-1],
+        "p99_total": totals[min(len(totals) - 1, int(0.99 * len(totals)))],
+        "mean_total": round(sum(totals) / len(totals), 1),
+    }
+
+
+def write_prepared(
+    dest: str,
+    task: str,
+    source: str,
+    splits: dict[str, list[PreparedRecord]],
+    template: PromptTemplate,
+    options: dict,
+    tokenizer_path: str | None = None,
+) -> list[SplitSummary]:
+    """Write ``DEST/<split>.jsonl`` for every split and ``DEST/manifest.json``; all or nothing."""
+    payloads = {split: records_to_jsonl(records) for split, records in splits.items()}
+    summaries = [
+        SplitSummary(
+            split=split,
+            file=f"{split}.jsonl",
+            rows=len(splits[split]),
+            sha256=hashlib.sha256(data).hexdigest(),
+            tokens=token_stats(splits[split], tokenizer_path) if tokenizer_path else None,
+        )
+        for split, data in payloads.items()
+    ]
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "task": task,
+        "source": source,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "splits": {s.split: {"file": s.file, "rows": s.rows, "sha256": s.sha256, "tokens": s.tokens} for s in summaries},
+        "prompt": template.to_dict(),
+        "options": options,
+        "tokenizer": tokenizer_path,
+    }
+    with storage.AllOrNothingWriter() as writer:
+        for summary in summaries:
+            writer.write_bytes(storage.join(dest, summary.file), payloads[summary.split])
+        writer.write_text(storage.join(dest, MANIFEST_NAME), json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return summaries
+
+
+def read_manifest(dest: str) -> dict:
+    return json.loads(storage.read_text(storage.join(dest, MANIFEST_NAME)))
