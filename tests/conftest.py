@@ -1,0 +1,68 @@
+"""Shared fixtures: a real GCS emulator on 127.0.0.1, and paths to the test assets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ASSETS = Path(__file__).parent / "assets"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """Start ``gcp-storage-emulator`` (in memory) for the session; yields its URL."""
+    port = _free_port()
+    exe = Path(sys.executable).parent / "gcp-storage-emulator"
+    proc = subprocess.Popen(
+        [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("GCS emulator did not start")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, monkeypatch, request):
+    """A fresh bucket on the emulator, with the environment pointing gcsfs and google-cloud-storage at it."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    name = "pt-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
+    client = gcs.Client(project="test", credentials=AnonymousCredentials())
+    bucket = client.create_bucket(name)
+    yield bucket
+    for blob in client.list_blobs(name):
+        blob.delete()
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    """Run the real ``parsetune`` entry point in a subprocess (environment inherited)."""
+    return subprocess.run(
+        [sys.executable, "-m", "parsetune", *argv], capture_output=True, text=True, cwd=REPO, env=os.environ.copy()
+    )
