@@ -66,3 +66,11 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "parsetune", *argv], capture_output=True, text=True, cwd=REPO, env=os.environ.copy()
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama + tiny tokenizer saved as an HF checkpoint (see tests/tiny.py)."""
+    from tiny import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
