@@ -1,0 +1,62 @@
+"""``parsetune export``: turn any saved training step (RUN_DIR/checkpoints/step-N) into a merged
+HF checkpoint (and, for LoRA, a PEFT adapter), using the run's own config.yaml to rebuild the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import draccus
+import jax
+
+from parsetune import storage
+from parsetune.errors import UserError
+from pipelines.config import LoraMethodConfig, TrainConfig
+
+
+def run_config_for(checkpoint: str, config_path: str | None) -> TrainConfig:
+    """The config saved beside the checkpoints (RUN_DIR/config.yaml) unless one is given."""
+    if config_path is None:
+        run_dir = os.path.dirname(os.path.dirname(checkpoint.rstrip("/")))
+        config_path = storage.join(run_dir, "config.yaml")
+    if not storage.exists(config_path):
+        raise UserError(f"{config_path}: no run config found; pass --config RUN_DIR/config.yaml")
+    return draccus.parse(config_class=TrainConfig, config_path=config_path, args=[])
+
+
+def export_checkpoint(checkpoint: str, out_dir: str, config_path: str | None = None, adapter_dir: str | None = None) -> int:
+    """Load ``checkpoint`` into the run's model and write ``out_dir`` (merged HF); returns the number of
+    completed training steps in it (Levanter's ``step-N`` holds the state after N + 1 steps)."""
+    import levanter
+    from levanter.models.lm_model import compute_next_token_loss
+    from levanter.trainer import Trainer
+
+    from pipelines.export import export_merged_hf, export_peft_adapter
+    from pipelines.levanter_compat import converter_for_checkpoint, read_hf_config
+    from pipelines.train import load_model, lora_config_of, quiet_library_logs
+
+    if not storage.exists(storage.join(checkpoint, "metadata.json")):
+        raise UserError(f"{checkpoint}: not a Levanter checkpoint (no metadata.json); expected RUN_DIR/checkpoints/step-N")
+    config = run_config_for(checkpoint, config_path)
+    trainer_config = dataclasses.replace(
+        config.trainer, load_checkpoint_path=checkpoint, load_checkpoint=True, id=(config.trainer.id or "export") + "-export"
+    )
+    trainer_config = dataclasses.replace(trainer_config, tracker=levanter.tracker.NoopConfig())
+    config = dataclasses.replace(config, trainer=trainer_config)
+    levanter.initialize(config)
+    quiet_library_logs()
+    converter = converter_for_checkpoint(config.model)
+    optimizer = config.optimizer.build(config.trainer.num_train_steps)
+    with Trainer(config.trainer, optimizer, loss_fn=compute_next_token_loss, add_default_hooks=False) as trainer:
+        model, is_trainable = load_model(config, converter, trainer)
+        state = trainer.initial_state(jax.random.PRNGKey(config.trainer.seed), model=model, is_trainable=is_trainable)
+        step = int(state.step)
+        if step == 0:
+            raise UserError(f"{checkpoint}: checkpoint could not be loaded (state is at step 0)")
+        is_lora = isinstance(config.method, LoraMethodConfig)
+        marker = {"completed_steps": step, "base_model": config.model, "method": "lora" if is_lora else "full", "checkpoint": checkpoint}
+        export_merged_hf(state.model, converter, config.model, out_dir, marker, is_lora)
+        if is_lora and adapter_dir:
+            model_type = read_hf_config(config.model)["model_type"]
+            export_peft_adapter(state.model, lora_config_of(config.method), config.model, model_type, converter.tokenizer, adapter_dir, marker)
+    return step

@@ -1,0 +1,71 @@
+"""``parsetune train`` and ``parsetune export``."""
+
+from __future__ import annotations
+
+import argparse
+
+TRAIN_DESCRIPTION = """\
+Fine-tune a model with Levanter's Trainer from one YAML config (full weights or LoRA).
+
+Config sections (see configs/viggo/*.yaml; every key can be overridden as --section.key VALUE):
+  model       HF checkpoint directory (local or gs://), e.g. models/smollm2-135m-instruct
+  method      {type: lora, r, alpha, dropout, target_modules (regex)} or {type: full}
+  data        train / validation prepared JSONL (parsetune prep), max_seq_len, packing, shuffle_seed
+  epochs      number of passes over train (overrides trainer.num_train_steps)
+  trainer     Levanter TrainerConfig: train_batch_size, num_train_steps, mp, model_axis_size,
+              tensor_parallel_axes, checkpointer, steps_per_eval, require_accelerator, ...
+  optimizer   Levanter AdamConfig: learning_rate, weight_decay, warmup, lr_schedule, ...
+  run_dir     where everything goes (local or gs://):
+                config.yaml, checkpoints/step-N, metrics.jsonl, hf/ (merged HF), adapter/ (LoRA)
+  wandb_mode  offline (default; files under RUN_DIR/wandb), online, or disabled
+
+Rerunning the same command resumes from the last checkpoint in RUN_DIR/checkpoints.
+"""
+
+
+def run_train(args) -> int:
+    from pipelines.train import parse_config, train
+
+    config = parse_config(args.config, args.overrides)
+    result = train(config)
+    print(f"run dir: {result.run_dir}")
+    print(f"steps: {result.steps}  final train loss: {result.final_train_loss}  final eval loss: {result.final_eval_loss}")
+    if result.exported:
+        print(f"merged HF checkpoint: {result.run_dir.rstrip('/')}/hf")
+    return 0
+
+
+def run_export(args) -> int:
+    from pipelines.checkpoint_export import export_checkpoint
+
+    completed = export_checkpoint(args.checkpoint, args.out, args.config, args.adapter_out)
+    print(f"exported {args.checkpoint} ({completed} completed steps) to {args.out}" + (f" (adapter: {args.adapter_out})" if args.adapter_out else ""))
+    return 0
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="fine-tune with Levanter (full or LoRA) from a YAML config",
+        description=TRAIN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  parsetune train configs/viggo/smollm2_lora_cpu.yaml\n"
+        "  parsetune train configs/viggo/smollm2_lora_cpu.yaml --run_dir runs/try --trainer.num_train_steps 5",
+    )
+    train.add_argument("config", help="YAML config file (local or gs://)")
+    train.add_argument("overrides", nargs=argparse.REMAINDER, help="--dotted.key VALUE overrides")
+    train.set_defaults(func=run_train)
+
+    export = subparsers.add_parser(
+        "export",
+        help="export a training checkpoint as a merged HF checkpoint",
+        description="Load RUN_DIR/checkpoints/step-N into the run's model (rebuilt from RUN_DIR/config.yaml) "
+        "and write a merged HF checkpoint (LoRA folded in), with the base model's tokenizer, chat template, "
+        "generation config and special token ids.",
+    )
+    export.add_argument("--checkpoint", required=True, help="a Levanter checkpoint directory: RUN_DIR/checkpoints/step-N")
+    export.add_argument("--out", required=True, help="output directory for the HF checkpoint (local or gs://)")
+    export.add_argument("--config", help="the run's config.yaml [RUN_DIR/config.yaml next to the checkpoints]")
+    export.add_argument("--adapter-out", help="LoRA runs: also write the PEFT adapter here")
+    export.set_defaults(func=run_export)

@@ -1,0 +1,102 @@
+"""The one config of ``parsetune train``, parsed from YAML (and ``--dotted.overrides``) by draccus.
+
+```yaml
+model: models/smollm2-135m-instruct      # local HF checkpoint dir (or gs://)
+method: {type: lora, r: 8, alpha: 16}    # or {type: full}
+data: {train: data/viggo/train.jsonl, validation: data/viggo/validation.jsonl, max_seq_len: 256}
+epochs: 2                                # or trainer.num_train_steps
+trainer: {train_batch_size: 8, mp: "p=f32,c=f32", require_accelerator: false}
+optimizer: {learning_rate: 3e-4}
+run_dir: runs/smollm2-lora
+```
+
+A ``tpu:`` section (where the job runs, used by ``parsetune tpu``) may sit in the same file; the
+trainer ignores it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+import draccus
+from levanter.optim import AdamConfig, OptimizerConfig
+from levanter.trainer import TrainerConfig
+
+# every linear projection of a Llama block, never lm_head/embeddings (LoRA on lm_head crashes Levanter)
+DEFAULT_LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+
+
+@dataclass(frozen=True)
+class MethodConfig(draccus.ChoiceRegistry):
+    """How the model is trained: ``type: full`` or ``type: lora``."""
+
+    @classmethod
+    def default_choice_name(cls) -> Optional[str]:
+        return "lora"
+
+
+@MethodConfig.register_subclass("full")
+@dataclass(frozen=True)
+class FullConfig(MethodConfig):
+    """Full-weight fine-tuning: every parameter is trained."""
+
+
+@MethodConfig.register_subclass("lora")
+@dataclass(frozen=True)
+class LoraMethodConfig(MethodConfig):
+    """LoRA: low-rank adapters on the matched linear layers; B starts at zero (PEFT's init)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: str = DEFAULT_LORA_TARGETS  # a regex over Levanter module paths, matched from the start
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = "data/viggo/train.jsonl"  # prepared JSONL (parsetune prep): id, input, output
+    validation: Optional[str] = "data/viggo/validation.jsonl"  # eval loss; None to skip
+    max_seq_len: int = 256  # examples longer than this are dropped (and reported), never cut
+    packing: bool = True  # several examples per sequence (attention kept within each example)
+    shuffle_seed: int = 0
+    max_eval_examples: Optional[int] = 256  # eval loss on at most this many validation examples
+
+
+@dataclass
+class TrainConfig:
+    model: str = "models/smollm2-135m-instruct"
+    method: MethodConfig = field(default_factory=LoraMethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optimizer: OptimizerConfig = field(default_factory=AdamConfig)
+    run_dir: str = "runs/default"
+    epochs: Optional[float] = None  # if set, overrides trainer.num_train_steps
+    export: bool = True  # write RUN_DIR/hf (and RUN_DIR/adapter for LoRA) at the end
+    wandb_mode: str = "offline"  # offline | online | disabled
+    tpu: Optional[dict] = None  # where the job runs (parsetune tpu); ignored by training
+
+
+def with_run_dir_defaults(config: TrainConfig) -> TrainConfig:
+    """Point checkpoints and the tracker at RUN_DIR and turn off what a CPU run does not need."""
+    from levanter.tracker.wandb import WandbConfig
+
+    from parsetune import storage
+
+    checkpointer = dataclasses.replace(
+        config.trainer.checkpointer,
+        base_path=storage.join(config.run_dir, "checkpoints"),
+        append_run_id_to_base_path=False,
+    )
+    tracker = config.trainer.tracker
+    if isinstance(tracker, WandbConfig):
+        tracker = dataclasses.replace(
+            tracker,
+            mode=config.wandb_mode if tracker.mode is None else tracker.mode,
+            project="parsetune" if tracker.project == "levanter" else tracker.project,
+            save_code=False,
+        )
+    ray = dataclasses.replace(config.trainer.ray, auto_start_cluster=False)  # we never use Levanter's Ray cache
+    trainer = dataclasses.replace(config.trainer, checkpointer=checkpointer, tracker=tracker, ray=ray)
+    return dataclasses.replace(config, trainer=trainer)

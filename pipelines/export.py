@@ -1,0 +1,98 @@
+"""Export a trained Levanter model: a merged HF checkpoint (RUN_DIR/hf) and, for LoRA, a PEFT
+adapter (RUN_DIR/adapter).
+
+The checkpoint is staged in a temporary directory and published only when complete: a local
+directory is renamed into place; on gs:// the files are uploaded and ``parsetune_export.json`` is
+written last (a directory without it is not a finished export). Token ids (BOS/EOS/pad), the
+generation config, tokenizer files and chat template are carried over from the base checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from levanter.lora import LoraConfig, save_peft_pretrained
+
+from parsetune import storage
+from pipelines.levanter_compat import merge_lora, peft_prefix, read_hf_config
+
+EXPORT_MARKER = "parsetune_export.json"
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+DROP_FILES = ("tokenizer.model",)  # a GGUF-converted tokenizer.model is a copy of the whole GGUF
+
+
+def is_exported(path: str) -> bool:
+    return storage.exists(storage.join(path, EXPORT_MARKER))
+
+
+def carry_over_base_files(staging: str, base_model_dir: str) -> None:
+    """config.json keeps the base model's special token ids; generation_config.json is copied."""
+    base = read_hf_config(base_model_dir)
+    config_path = os.path.join(staging, "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    for key in TOKEN_ID_KEYS:
+        if key in base:
+            config[key] = base[key]
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=2)
+    generation = storage.join(base_model_dir, "generation_config.json")
+    if storage.exists(generation):
+        with open(os.path.join(staging, "generation_config.json"), "wb") as f:
+            f.write(storage.read_bytes(generation))
+    for name in DROP_FILES:
+        if os.path.exists(os.path.join(staging, name)):
+            os.unlink(os.path.join(staging, name))
+
+
+def publish(staging: str, out_dir: str, marker: dict) -> None:
+    """Move a finished staging directory to ``out_dir`` (local rename or gs:// upload, marker last)."""
+    with open(os.path.join(staging, EXPORT_MARKER), "w") as f:
+        json.dump(marker, f, indent=2)
+    if storage.is_gcs(out_dir):
+        names = sorted(os.listdir(staging), key=lambda n: n == EXPORT_MARKER)
+        for name in names:
+            with open(os.path.join(staging, name), "rb") as f:
+                storage.write_bytes_atomic(storage.join(out_dir, name), f.read())
+        return
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
+    shutil.move(staging, out_dir)
+
+
+def _staging_dir(out_dir: str) -> str:
+    parent = os.path.dirname(os.path.abspath(out_dir)) if not storage.is_gcs(out_dir) else None
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    os.chmod(staging, 0o755)
+    return staging
+
+
+def export_merged_hf(model, converter, base_model_dir: str, out_dir: str, marker: dict, is_lora: bool) -> None:
+    """Write the (LoRA-merged) model as an HF checkpoint at ``out_dir``."""
+    merged = merge_lora(model) if is_lora else model
+    staging = _staging_dir(out_dir)
+    try:
+        converter.save_pretrained(merged, staging, save_tokenizer=True, save_reference_code=False)
+        carry_over_base_files(staging, base_model_dir)
+        publish(staging, out_dir, {"kind": "merged-hf", **marker})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_peft_adapter(model, lora: LoraConfig, base_model_dir: str, model_type: str, tokenizer, out_dir: str, marker: dict) -> None:
+    """Write the LoRA weights as a PEFT adapter (loadable with ``PeftModel.from_pretrained``)."""
+    staging = _staging_dir(out_dir)
+    try:
+        save_peft_pretrained(model, lora, base_model_dir, staging, tokenizer, prefix=peft_prefix(model_type))
+        for name in DROP_FILES:
+            if os.path.exists(os.path.join(staging, name)):
+                os.unlink(os.path.join(staging, name))
+        publish(staging, out_dir, {"kind": "peft-adapter", **marker})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

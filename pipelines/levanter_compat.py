@@ -1,0 +1,99 @@
+"""Fixes for the pinned Levanter (1.2.dev1644), each small and proven by a test in
+``tests/test_levanter_compat.py`` that also checks the upstream bug is still there (so we learn
+when an upgrade makes a fix unnecessary).
+
+1. ``converter_for_checkpoint``: ``HFCheckpointConverter.from_hf`` instantiates every model's
+   default *hub* checkpoint to choose the config class, so it fails offline even for a local
+   path. We choose the class from the checkpoint's own ``config.json`` ``model_type``.
+2. ``loraize_from_base``: ``LowRankLinear.init`` draws both LoRA matrices at random, so a freshly
+   loraized model is not the pretrained model. PEFT starts B at zero; so do we.
+3. ``merge_lora``: ``LoraLinear.merge`` returns the merged weight with its axes flipped
+   (``In, Out`` instead of the wrapped layer's order), so merged HF exports come out transposed.
+   We keep the wrapped weight's axis order.
+4. ``peft_prefix``: ``save_peft_pretrained`` defaults to GPT-2's key prefix
+   (``base_model.model.transformer``); PEFT loads a Llama adapter saved that way as a silent no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import haliax as hax
+import jax
+import transformers
+from levanter.compat.hf_checkpoints import HFCheckpointConverter
+from levanter.lora import LoraConfig, LoraLinear, LowRankLinear, loraize
+
+from parsetune import storage
+from parsetune.errors import UserError
+
+
+def levanter_config_classes() -> dict:
+    """HF ``model_type`` -> Levanter config class, for the decoder families we support."""
+    from levanter.models.gpt2 import Gpt2Config
+    from levanter.models.llama import LlamaConfig
+    from levanter.models.mistral import MistralConfig
+    from levanter.models.qwen import QwenConfig
+
+    return {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": QwenConfig, "gpt2": Gpt2Config}
+
+
+def read_hf_config(model_dir: str) -> dict:
+    path = storage.join(model_dir, "config.json")
+    if not storage.exists(path):
+        raise UserError(f"{model_dir}: no config.json; expected an HF checkpoint directory (see `parsetune prep model`)")
+    return json.loads(storage.read_text(path))
+
+
+def converter_for_checkpoint(model_dir: str) -> HFCheckpointConverter:
+    """An HF<->Levanter converter for a local (or gs://) checkpoint, without touching the hub."""
+    hf = read_hf_config(model_dir)
+    model_type = hf.get("model_type")
+    classes = levanter_config_classes()
+    if model_type not in classes:
+        raise UserError(f"{model_dir}: model_type {model_type!r} is not supported (supported: {', '.join(classes)})")
+    hf_config_class = transformers.AutoConfig.for_model(model_type).__class__
+    return HFCheckpointConverter(
+        classes[model_type], reference_checkpoint=model_dir, HfConfigClass=hf_config_class, tokenizer=model_dir
+    )
+
+
+def _zero_lora_b(module):
+    if isinstance(module, LowRankLinear):
+        b = module.lora_B
+        return dataclasses.replace(module, lora_B=dataclasses.replace(b, weight=hax.zeros_like(b.weight)))
+    return module
+
+
+def loraize_from_base(model, config: LoraConfig, key):
+    """``loraize``, then B := 0 so that the loraized model computes exactly the base model."""
+    model = loraize(model, config, key=key)
+    return jax.tree_util.tree_map(_zero_lora_b, model, is_leaf=lambda n: isinstance(n, LowRankLinear))
+
+
+def _merge_keep_axes(module):
+    if isinstance(module, LoraLinear):
+        merged = module.merge()
+        return dataclasses.replace(merged, weight=merged.weight.rearrange(module.wrapped.weight.axes))
+    return module
+
+
+@hax.named_jit
+def merge_lora(model):
+    """Fold every LoRA adapter into its wrapped weight, keeping the wrapped weight's axis order."""
+    return jax.tree_util.tree_map(_merge_keep_axes, model, is_leaf=lambda n: isinstance(n, LoraLinear))
+
+
+PEFT_PREFIXES = {"gpt2": "base_model.model.transformer"}
+
+
+def peft_prefix(model_type: str) -> str:
+    """The state-dict key prefix PEFT expects for an adapter on this model family."""
+    return PEFT_PREFIXES.get(model_type, "base_model.model")
+
+
+def count_lora_modules(model) -> int:
+    leaves = jax.tree_util.tree_leaves(model, is_leaf=lambda n: isinstance(n, LoraLinear))
+    return sum(isinstance(n, LoraLinear) for n in leaves)
+

@@ -1,0 +1,248 @@
+"""``parsetune train``: fine-tune an HF checkpoint with Levanter's Trainer (full weights or LoRA).
+
+Run directory contract (RUN_DIR may be gs://):
+  config.yaml      the resolved config
+  checkpoints/     Levanter checkpoints (``step-N``); rerunning the same command resumes exactly
+  metrics.jsonl    per step: step, train_loss, tokens (real, non-pad), tokens_per_s; eval_loss rows
+  hf/              the final merged HF checkpoint (only once the export finished)
+  adapter/         LoRA only: the PEFT adapter
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import draccus
+import haliax as hax
+import jax
+import numpy as np
+
+from parsetune import storage
+from parsetune.errors import UserError
+from pipelines.config import FullConfig, LoraMethodConfig, TrainConfig, with_run_dir_defaults
+from pipelines.data import LengthReport, PackedSequences, drop_too_long, epoch_order, pack, read_prepared, shuffled, tokenize_rows
+
+logger = logging.getLogger("parsetune.train")
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: PackedSequences
+    validation: PackedSequences | None
+    train_report: LengthReport
+    num_steps: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: str
+    steps: int
+    final_train_loss: float | None
+    final_eval_loss: float | None
+    exported: bool
+
+
+def say(message: str) -> None:
+    print(f"[parsetune train] {message}", file=sys.stderr, flush=True)
+
+
+def tokenized_split(path: str, tokenizer, max_seq_len: int, split: str):
+    rows = read_prepared(path)
+    examples = tokenize_rows(rows, tokenizer, tokenizer.eos_token_id)
+    kept, report = drop_too_long(examples, max_seq_len)
+    if report.dropped:
+        say(report.message(path))
+    if not kept:
+        raise UserError(f"{path}: every {split} example is longer than data.max_seq_len={max_seq_len}")
+    return kept, report
+
+
+def prepare_data(config: TrainConfig, tokenizer) -> PreparedData:
+    data = config.data
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"{config.model}: tokenizer has no EOS token")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train, report = tokenized_split(data.train, tokenizer, data.max_seq_len, "train")
+    train_packed = pack(shuffled(train, data.shuffle_seed), data.max_seq_len, pad_id, data.packing)
+    validation = None
+    if data.validation:
+        val, _ = tokenized_split(data.validation, tokenizer, data.max_seq_len, "validation")
+        if data.max_eval_examples:
+            val = val[: data.max_eval_examples]
+        validation = pack(val, data.max_seq_len, pad_id, data.packing)
+    batch = config.trainer.train_batch_size
+    if config.epochs is not None:
+        num_steps = max(1, math.ceil(config.epochs * len(train_packed) / batch))
+    else:
+        num_steps = config.trainer.num_train_steps
+    say(
+        f"train: {train_packed.num_examples} examples in {len(train_packed)} sequences of {data.max_seq_len} tokens "
+        f"({train_packed.real_tokens_N.sum() / train_packed.tokens_NxL.size:.0%} real tokens); "
+        f"{num_steps} steps of {batch} = {num_steps * batch / len(train_packed):.2f} epochs"
+    )
+    return PreparedData(train_packed, validation, report, num_steps)
+
+
+def stable_run_id(run_dir: str) -> str:
+    """Same run dir, same id: a resumed run continues the same tracker run."""
+    name = os.path.basename(run_dir.rstrip("/")) or "run"
+    return f"{name}-{hashlib.sha1(run_dir.encode()).hexdigest()[:8]}"
+
+
+def finalize_config(config: TrainConfig, num_steps: int) -> TrainConfig:
+    config = with_run_dir_defaults(config)
+    trainer = dataclasses.replace(
+        config.trainer, num_train_steps=num_steps, id=config.trainer.id or stable_run_id(config.run_dir)
+    )
+    return dataclasses.replace(config, trainer=trainer)
+
+
+def check_inputs(config: TrainConfig) -> None:
+    for name, path in (("data.train", config.data.train), ("data.validation", config.data.validation)):
+        if path and not storage.exists(path):
+            raise UserError(f"{name}: {path} does not exist (run `parsetune prep` first)")
+    if config.trainer.train_batch_size < 1:
+        raise UserError("trainer.train_batch_size must be >= 1")
+
+
+def eval_batches(packed: PackedSequences, batch_size: int, Pos: hax.Axis, Batch: hax.Axis) -> list:
+    """Validation sequences in batches of the train batch size (padded with fully masked rows)."""
+    from pipelines.lm_dataset import lm_example
+
+    n = len(packed)
+    rows = list(range(n)) + [-1] * ((-n) % batch_size)
+    empty = dataclasses.replace(
+        packed,
+        tokens_NxL=np.zeros((1, packed.tokens_NxL.shape[1]), np.int32),
+        loss_mask_NxL=np.zeros((1, packed.tokens_NxL.shape[1]), np.int32),
+        segment_ids_NxL=np.zeros((1, packed.tokens_NxL.shape[1]), np.int32),
+    )
+    batches = []
+    for start in range(0, len(rows), batch_size):
+        examples = [lm_example(packed, r, Pos) if r >= 0 else lm_example(empty, 0, Pos) for r in rows[start : start + batch_size]]
+        batches.append(jax.tree_util.tree_map(lambda *xs: hax.stack(Batch, xs), *examples, is_leaf=lambda x: isinstance(x, hax.NamedArray)))
+    return batches
+
+
+def load_model(config: TrainConfig, converter, trainer):
+    """The base HF model in Levanter form, loraized (B = 0) for LoRA; plus the trainable filter."""
+    from levanter.lora import LoraConfig, lora_trainable_params_filter
+
+    from pipelines.levanter_compat import count_lora_modules, loraize_from_base
+
+    lev_config = converter.default_config
+    model = converter.load_pretrained(
+        lev_config.model_type, config=lev_config, axis_mapping=trainer.parameter_axis_mapping, dtype=trainer.mp.param_dtype
+    )
+    if isinstance(config.method, FullConfig):
+        return model, True
+    method: LoraMethodConfig = config.method
+    lora = LoraConfig(target_modules=method.target_modules, r=method.r, alpha=method.alpha, dropout=method.dropout)
+    key = jax.random.PRNGKey(config.trainer.seed + 1)
+    model = hax.named_jit(lambda m: loraize_from_base(m, lora, key), axis_resources=trainer.parameter_axis_mapping)(model)
+    if count_lora_modules(model) == 0:
+        raise UserError(f"method.target_modules {method.target_modules!r} matches no linear layer of {config.model}")
+    return model, lora_trainable_params_filter(model)
+
+
+def lora_config_of(method: LoraMethodConfig):
+    from levanter.lora import LoraConfig
+
+    return LoraConfig(target_modules=method.target_modules, r=method.r, alpha=method.alpha, dropout=method.dropout)
+
+
+def export_run(config: TrainConfig, model, converter, step: int) -> None:
+    from pipelines.export import export_merged_hf, export_peft_adapter
+    from pipelines.levanter_compat import read_hf_config
+
+    is_lora = isinstance(config.method, LoraMethodConfig)
+    marker = {"completed_steps": step, "base_model": config.model, "method": "lora" if is_lora else "full"}
+    say(f"exporting merged HF checkpoint to {storage.join(config.run_dir, 'hf')}")
+    export_merged_hf(model, converter, config.model, storage.join(config.run_dir, "hf"), marker, is_lora)
+    if is_lora:
+        model_type = read_hf_config(config.model)["model_type"]
+        export_peft_adapter(
+            model, lora_config_of(config.method), config.model, model_type, converter.tokenizer, storage.join(config.run_dir, "adapter"), marker
+        )
+
+
+def train(config: TrainConfig) -> TrainResult:
+    import levanter
+    from levanter.callbacks import log_step_info
+    from levanter.models.lm_model import compute_next_token_loss
+    from levanter.trainer import Trainer
+
+    from pipelines.hooks import EvalLoss, MetricsLog, StepLogger
+    from pipelines.levanter_compat import converter_for_checkpoint
+    from pipelines.lm_dataset import PackedLmDataset
+
+    check_inputs(config)
+    converter = converter_for_checkpoint(config.model)
+    prepared = prepare_data(config, converter.tokenizer)
+    config = finalize_config(config, prepared.num_steps)
+    if not storage.is_gcs(config.run_dir):
+        os.makedirs(config.run_dir, exist_ok=True)
+        os.environ.setdefault("WANDB_DIR", os.path.abspath(config.run_dir))
+    storage.write_text_atomic(storage.join(config.run_dir, "config.yaml"), draccus.dump(config))
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    levanter.initialize(config)
+    quiet_library_logs()
+    optimizer = config.optimizer.build(config.trainer.num_train_steps)
+    with Trainer(config.trainer, optimizer, loss_fn=compute_next_token_loss, add_default_hooks=False) as trainer:
+        model, is_trainable = load_model(config, converter, trainer)
+        state = trainer.initial_state(jax.random.PRNGKey(config.trainer.seed), model=model, is_trainable=is_trainable)
+        start = int(state.step)
+        if start:
+            say(f"resumed from {config.trainer.checkpointer.base_path} at step {start}")
+        Pos = hax.Axis("position", config.data.max_seq_len)
+        batch = config.trainer.train_batch_size
+        order = epoch_order(len(prepared.train), prepared.num_steps, batch, config.data.shuffle_seed)
+        real_per_step = prepared.train.real_tokens_N[order].reshape(prepared.num_steps, batch).sum(axis=1)
+
+        log = MetricsLog.resume(storage.join(config.run_dir, "metrics.jsonl"), start, flush_every=1 if not storage.is_gcs(config.run_dir) else 10)
+        trainer.add_hook(StepLogger(log, real_per_step, prepared.num_steps, start), every=1)
+        trainer.add_hook(log_step_info(prepared.num_steps), every=1)
+        trainer.add_hook(config.trainer.checkpointer.create(trainer.run_id).on_step, every=1)
+        if prepared.validation is not None:
+            batches = eval_batches(prepared.validation, batch, Pos, trainer.TrainBatch)
+            trainer.add_hook(EvalLoss(log, batches, trainer.compute_axis_mapping, config.trainer.steps_per_eval), every=1)
+
+        if start < prepared.num_steps:
+            loader = trainer.data_loader(PackedLmDataset(prepared.train, order, Pos), trainer.TrainBatch)
+            info = trainer.train(state, loader.iter_from_step(start))
+            state = info.state
+        log.flush()
+        final_train = next((r["train_loss"] for r in reversed(log.rows) if "train_loss" in r), None)
+        final_eval = next((r["eval_loss"] for r in reversed(log.rows) if "eval_loss" in r), None)
+        if config.export:
+            export_run(config, state.model, converter, int(state.step))
+    levanter.tracker.current_tracker().finish()
+    return TrainResult(config.run_dir, int(state.step), final_train, final_eval, config.export)
+
+
+def quiet_library_logs() -> None:
+    """Levanter logs every checkpoint write at INFO; keep the console to our progress bar and warnings.
+    (The full log still goes to Levanter's log file under trainer.log_dir.)"""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+
+
+def parse_config(config_path: str, overrides: list[str]) -> TrainConfig:
+    """YAML + ``--dotted.key value`` overrides -> TrainConfig; unknown keys are one-line errors."""
+    if not storage.exists(config_path):
+        raise UserError(f"{config_path}: no such config file")
+    try:
+        return draccus.parse(config_class=TrainConfig, config_path=config_path, args=overrides)
+    except SystemExit as err:  # draccus/argparse print their own message first
+        raise UserError(f"{config_path}: invalid config or override (see the message above)") from err
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{config_path}: {first}") from err
