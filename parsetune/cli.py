@@ -13,8 +13,6 @@ from parsetune import __version__
 from parsetune.errors import UserError
 
 NOT_BUILT = {
-    "train": "train a model with Levanter (full or LoRA) from a YAML config",
-    "export": "export a training checkpoint as a merged HF checkpoint",
     "tpu": "create TPU VMs and submit training jobs to them with gcloud",
     "run": "prep -> train -> export -> eval in one go, from one config",
 }
@@ -30,6 +28,7 @@ def not_built(name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     from eval.cli import register as register_eval
+    from pipelines.cli import register as register_pipelines
     from prep.cli import register as register_prep
 
     parser = argparse.ArgumentParser(
@@ -40,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"parsetune {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register_prep(subparsers)
+    register_pipelines(subparsers)
     register_eval(subparsers)
     for name, summary in NOT_BUILT.items():
         if name not in subparsers.choices:
