@@ -30,6 +30,7 @@ def not_built(name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     from eval.cli import register as register_eval
+    from infra.cli import register as register_tpu
     from prep.cli import register as register_prep
 
     parser = argparse.ArgumentParser(
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register_prep(subparsers)
     register_eval(subparsers)
+    register_tpu(subparsers)
     for name, summary in NOT_BUILT.items():
         if name not in subparsers.choices:
             sub = subparsers.add_parser(name, help=f"{summary} (not built yet)", description=summary)
