@@ -234,6 +234,8 @@ def status(runner: Runner, s: TpuSettings, job: str | None, lines: int) -> int:
             continue
         fields, log = parse_probe(res.stdout)
         state, rc = fields.get("state", "unknown"), fields.get("rc")
+        if rc == "stopped":
+            state, rc = "stopped", None
         detail = f" (exit status {rc})" if rc is not None else ""
         runner.say(f"worker {w}: job {fields.get('job', '-')} {state}{detail}")
         if state == "died" or (state == "exited" and rc != "0"):

@@ -27,6 +27,10 @@ def quote(value: str | int) -> str:
     return shlex.quote(text) if text else '""'
 
 
+# A process is alive if it exists and is not a zombie (kill -0 also succeeds on zombies).
+ALIVE = 'alive() { s=$(ps -o stat= -p "$1" 2>/dev/null) && [ -n "$s" ] && [ "${s#Z}" = "$s" ]; }\n'
+
+
 def assignments(**values: str | int) -> str:
     return "".join(f"{name}={quote(value)}\n" for name, value in values.items())
 
@@ -91,7 +95,7 @@ if [ ! -x {VENV}/bin/parsetune ]; then echo "parsetune is not installed on $(hos
 mkdir -p {JOBS}
 chmod 700 {JOBS}
 prev=$(cat {JOBS}/current 2>/dev/null || true)
-if [ -n "$prev" ] && [ -f "{JOBS}/$prev.pid" ] && kill -0 "$(cat "{JOBS}/$prev.pid")" 2>/dev/null; then
+if [ -n "$prev" ] && [ ! -f "{JOBS}/$prev.rc" ] && [ -f "{JOBS}/$prev.pid" ] && alive "$(cat "{JOBS}/$prev.pid")"; then
   echo "job $prev is still running on $(hostname): stop it first with parsetune tpu stop" >&2; exit 4
 fi
 """
@@ -99,7 +103,7 @@ fi
 
 def prepare() -> str:
     """Check the install and that no job runs; make the private jobs dir the env file is copied into."""
-    return step("prepare", PREPARE_BODY)
+    return step("prepare", ALIVE + PREPARE_BODY)
 
 
 # The job itself, written to parsetune/jobs/JOB.sh: $1 env file (sourced, then deleted before anything
@@ -143,8 +147,8 @@ J={JOBS}
 if [ -z "$JOB" ]; then JOB=$(cat "$J/current" 2>/dev/null || true); fi
 if [ -z "$JOB" ]; then echo "state=none"; exit 0; fi
 echo "job=$JOB"
-if [ -f "$J/$JOB.pid" ] && kill -0 "$(cat "$J/$JOB.pid")" 2>/dev/null; then echo "state=running"
-elif [ -f "$J/$JOB.rc" ]; then echo "state=exited"; echo "rc=$(cat "$J/$JOB.rc")"
+if [ -f "$J/$JOB.rc" ]; then echo "state=exited"; echo "rc=$(cat "$J/$JOB.rc")"
+elif [ -f "$J/$JOB.pid" ] && alive "$(cat "$J/$JOB.pid")"; then echo "state=running"
 elif [ -f "$J/$JOB.pid" ]; then echo "state=died"
 else echo "state=unknown"; fi
 echo "--- log"
@@ -154,7 +158,7 @@ tail -n "$LINES" "$J/$JOB.log" 2>/dev/null || true
 
 def probe(job: str | None, lines: int = 10) -> str:
     """Print ``job=``, ``state=`` (running/exited/died/none/unknown), ``rc=``, then ``--- log`` and its tail."""
-    return assignments(JOB=job or "", LINES=int(lines)) + PROBE
+    return assignments(JOB=job or "", LINES=int(lines)) + ALIVE + PROBE
 
 
 TAIL = f"""cd "$HOME" || exit 1
@@ -175,11 +179,11 @@ if [ -z "$JOB" ]; then JOB=$(cat "$J/current" 2>/dev/null || true); fi
 if [ -z "$JOB" ]; then echo "no job on $(hostname)"; exit 0; fi
 rm -f -- "$J/$JOB.env"
 pid=$(cat "$J/$JOB.pid" 2>/dev/null || true)
-if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+if [ -n "$pid" ] && alive "$pid"; then
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
   i=0
-  while kill -0 "$pid" 2>/dev/null && [ "$i" -lt "$GRACE" ]; do sleep 1; i=$((i + 1)); done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"; fi
+  while alive "$pid" && [ "$i" -lt "$GRACE" ]; do sleep 1; i=$((i + 1)); done
+  if alive "$pid"; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"; fi
   if [ ! -f "$J/$JOB.rc" ]; then echo stopped > "$J/$JOB.rc"; fi
   echo "stopped $JOB (pid $pid) on $(hostname)"
 else
@@ -190,4 +194,4 @@ fi
 
 def stop(job: str | None, grace_seconds: int = 30) -> str:
     """SIGTERM the job's process group, SIGKILL after ``grace_seconds``; delete a leftover env file."""
-    return assignments(JOB=job or "", GRACE=int(grace_seconds)) + STOP
+    return assignments(JOB=job or "", GRACE=int(grace_seconds)) + ALIVE + STOP

@@ -58,7 +58,16 @@ class Runner:
         self.say(("# " if self.dry_run else "==> ") + message)
 
     def show(self, argv: list[str]) -> None:
-        self.say(("" if self.dry_run else "$ ") + shlex.join(argv))
+        """Print ``argv``; a real run abbreviates a multi-line ``--command`` script (``--dry-run`` prints it whole)."""
+        if self.dry_run:
+            self.say(shlex.join(argv))
+            return
+        shown = []
+        for a in argv:
+            if a.startswith("--command=") and "\n" in a.strip():
+                a = f"--command=<{a.strip().count(chr(10)) + 1}-line script: see --dry-run>"
+            shown.append(a)
+        self.say("$ " + shlex.join(shown))
 
     def check_gcloud(self) -> None:
         if self.dry_run:
