@@ -28,6 +28,7 @@ def not_built(name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     from eval.cli import register as register_eval
+    from infra.cli import register as register_tpu
     from pipelines.cli import register as register_pipelines
     from prep.cli import register as register_prep
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_prep(subparsers)
     register_pipelines(subparsers)
     register_eval(subparsers)
+    register_tpu(subparsers)
     for name, summary in NOT_BUILT.items():
         if name not in subparsers.choices:
             sub = subparsers.add_parser(name, help=f"{summary} (not built yet)", description=summary)

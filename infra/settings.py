@@ -1,0 +1,109 @@
+"""The ``tpu:`` section of a training config, merged with command-line flags (flags win).
+
+One YAML file holds both the training config and where it runs::
+
+    tpu:
+      name: viggo-lora
+      zone: us-central2-b
+      accelerator_type: v4-32
+      spot: true
+      run_dir: gs://my-bucket/runs/viggo-lora
+    # ... the training config (the trainer ignores/strips the tpu: key)
+
+Only the ``tpu:`` key is read here; the rest of the file belongs to the trainer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+import yaml
+
+from infra.target import TpuTarget
+from parsetune import storage
+from parsetune.errors import UserError
+
+DEFAULT_SECRETS = ("WANDB_API_KEY", "HF_TOKEN")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+TARGET_KEYS = {f.name: f.type for f in fields(TpuTarget)}
+BOOL_KEYS = {"spot", "preemptible", "queued"}
+STR_KEYS = {"name", "zone", "accelerator_type", "runtime_version", "project", "source", "run_dir"}
+ALLOWED_KEYS = sorted(BOOL_KEYS | STR_KEYS | {"secrets"})
+
+
+@dataclass(frozen=True)
+class TpuSettings:
+    """Everything ``parsetune tpu`` needs: the target plus how to install and where the run goes."""
+
+    target: TpuTarget
+    source: str = "local"  # 'local' (archive of this checkout), a .whl/.tar.gz file, or a pip spec / git+URL@REF
+    run_dir: str | None = None  # gs://bucket/prefix: the config copy goes here; exported as PARSETUNE_RUN_DIR
+    secrets: tuple[str, ...] = DEFAULT_SECRETS  # names of local environment variables sent to the workers
+
+    def __post_init__(self) -> None:
+        if self.run_dir is not None and not storage.is_gcs(self.run_dir):
+            raise UserError(f"run_dir {self.run_dir!r}: must be a gs://bucket/prefix URL (every worker reads it)")
+        for name in self.secrets:
+            if not ENV_NAME_RE.match(name):
+                raise UserError(f"invalid secret name {name!r}: expected an environment variable name")
+        if not self.source:
+            raise UserError("setup source is empty: use 'local', a wheel/sdist file, or a pip requirement")
+
+
+def read_tpu_section(config_path: str) -> dict[str, Any]:
+    """The ``tpu:`` mapping of a YAML config (``{}`` when absent), with keys and types checked."""
+    text = storage.read_text(config_path)
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{config_path}{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from err
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise UserError(f"{config_path}: expected a YAML mapping at the top level")
+    section = doc.get("tpu")
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise UserError(f"{config_path}: 'tpu:' must be a mapping of {', '.join(ALLOWED_KEYS)}")
+    unknown = sorted(set(section) - set(ALLOWED_KEYS))
+    if unknown:
+        raise UserError(f"{config_path}: unknown key tpu.{unknown[0]} (allowed: {', '.join(ALLOWED_KEYS)})")
+    for key, value in section.items():
+        if value is None:
+            continue
+        if key in BOOL_KEYS and not isinstance(value, bool):
+            raise UserError(f"{config_path}: tpu.{key} must be true or false, got {value!r}")
+        if key in STR_KEYS and not isinstance(value, str):
+            raise UserError(f"{config_path}: tpu.{key} must be a string, got {value!r}")
+        if key == "secrets" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise UserError(f"{config_path}: tpu.secrets must be a list of environment variable names")
+    return {k: v for k, v in section.items() if v is not None}
+
+
+def merge_settings(section: dict[str, Any], overrides: dict[str, Any], where: str = "CONFIG") -> TpuSettings:
+    """Build settings from a ``tpu:`` section and flag values; ``None`` overrides mean 'not given'."""
+    merged = dict(section)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    for key, flag in (("name", "--name"), ("zone", "--zone")):
+        if not merged.get(key):
+            raise UserError(f"no TPU {key}: pass {flag} or set tpu.{key} in {where}")
+    target = TpuTarget(**{k: merged[k] for k in TARGET_KEYS if k in merged})
+    extra = {}
+    if "source" in merged:
+        extra["source"] = merged["source"]
+    if "run_dir" in merged:
+        extra["run_dir"] = merged["run_dir"].rstrip("/")
+    if "secrets" in merged:
+        extra["secrets"] = tuple(dict.fromkeys([*DEFAULT_SECRETS, *merged["secrets"]]))
+    return TpuSettings(target=target, **extra)
+
+
+def load_settings(config_path: str | None, overrides: dict[str, Any]) -> TpuSettings:
+    section = read_tpu_section(config_path) if config_path else {}
+    return merge_settings(section, overrides, where=config_path or "the config (--config)")
