@@ -13,7 +13,6 @@ from parsetune import __version__
 from parsetune.errors import UserError
 
 NOT_BUILT = {
-    "tpu": "create TPU VMs and submit training jobs to them with gcloud",
     "run": "prep -> train -> export -> eval in one go, from one config",
 }
 

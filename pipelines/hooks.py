@@ -113,3 +113,37 @@ class EvalLoss(Callback):
         self.log.add({"step": info.step, "eval_loss": loss}, force_flush=True)
         levanter.tracker.log({"eval/loss": loss}, step=info.step)
         tqdm.write(f"after {info.next_step} steps: eval loss {loss:.4f}", file=sys.stderr)
+
+
+class CheckpointHook(Callback):
+    """Levanter's checkpointer, also saving after the last step (the trainer's final forced call
+    reaches plain function hooks without ``force``)."""
+
+    def __init__(self, checkpointer):
+        self.checkpointer = checkpointer
+
+    def on_step(self, info, force: bool = False) -> None:
+        self.checkpointer.on_step(info, force=force)
+        if force:
+            self.checkpointer.wait_until_finished()
+
+
+KILL_AFTER_STEP_ENV = "PARSETUNE_FAULT_KILL_AFTER_STEP"
+
+
+class KillAfterStep(Callback):
+    """Fault injection for resume tests: SIGKILL this process right after step N (0-based) was
+    logged and checkpointed, as a preemption would. Enabled only by PARSETUNE_FAULT_KILL_AFTER_STEP."""
+
+    def __init__(self, step: int, checkpointer):
+        self.step = step
+        self.checkpointer = checkpointer
+
+    def on_step(self, info, force: bool = False) -> None:
+        import os
+        import signal
+
+        if info.step == self.step:
+            self.checkpointer.wait_until_finished()
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)

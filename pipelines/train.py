@@ -178,7 +178,7 @@ def train(config: TrainConfig) -> TrainResult:
     from levanter.models.lm_model import compute_next_token_loss
     from levanter.trainer import Trainer
 
-    from pipelines.hooks import EvalLoss, MetricsLog, StepLogger
+    from pipelines.hooks import KILL_AFTER_STEP_ENV, CheckpointHook, EvalLoss, KillAfterStep, MetricsLog, StepLogger
     from pipelines.levanter_compat import converter_for_checkpoint
     from pipelines.lm_dataset import PackedLmDataset
 
@@ -209,11 +209,14 @@ def train(config: TrainConfig) -> TrainResult:
         log = MetricsLog.resume(storage.join(config.run_dir, "metrics.jsonl"), start, flush_every=1 if not storage.is_gcs(config.run_dir) else 10)
         trainer.add_hook(StepLogger(log, real_per_step, prepared.num_steps, start), every=1)
         trainer.add_hook(log_step_info(prepared.num_steps), every=1)
-        trainer.add_hook(config.trainer.checkpointer.create(trainer.run_id).on_step, every=1)
+        checkpointer = config.trainer.checkpointer.create(trainer.run_id)
+        trainer.add_hook(CheckpointHook(checkpointer), every=1)
         if prepared.validation is not None:
             batches = eval_batches(prepared.validation, batch, Pos, trainer.TrainBatch)
             trainer.add_hook(EvalLoss(log, batches, trainer.compute_axis_mapping, config.trainer.steps_per_eval), every=1)
 
+        if os.environ.get(KILL_AFTER_STEP_ENV):
+            trainer.add_hook(KillAfterStep(int(os.environ[KILL_AFTER_STEP_ENV]), checkpointer), every=1)
         if start < prepared.num_steps:
             loader = trainer.data_loader(PackedLmDataset(prepared.train, order, Pos), trainer.TrainBatch)
             info = trainer.train(state, loader.iter_from_step(start))
