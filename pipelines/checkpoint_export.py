@@ -3,6 +3,7 @@ HF checkpoint (and, for LoRA, a PEFT adapter), using the run's own config.yaml t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -24,24 +25,27 @@ def run_config_for(checkpoint: str, config_path: str | None) -> TrainConfig:
     return draccus.parse(config_class=TrainConfig, config_path=config_path, args=[])
 
 
-def export_checkpoint(checkpoint: str, out_dir: str, config_path: str | None = None, adapter_dir: str | None = None) -> int:
-    """Load ``checkpoint`` into the run's model and write ``out_dir`` (merged HF); returns the number of
-    completed training steps in it (Levanter's ``step-N`` holds the state after N + 1 steps)."""
+@contextlib.contextmanager
+def trained_model(checkpoint: str, config_path: str | None = None):
+    """Inside a Levanter trainer context: yields ``(model, converter, config, completed_steps)`` of a
+    saved training step, rebuilt from the run's config (base model, LoRA structure) + the checkpoint."""
     import levanter
     from levanter.models.lm_model import compute_next_token_loss
     from levanter.trainer import Trainer
 
-    from pipelines.export import export_merged_hf, export_peft_adapter
-    from pipelines.levanter_compat import converter_for_checkpoint, read_hf_config
-    from pipelines.train import load_model, lora_config_of, quiet_library_logs
+    from pipelines.levanter_compat import converter_for_checkpoint
+    from pipelines.train import load_model, quiet_library_logs
 
     if not storage.exists(storage.join(checkpoint, "metadata.json")):
         raise UserError(f"{checkpoint}: not a Levanter checkpoint (no metadata.json); expected RUN_DIR/checkpoints/step-N")
     config = run_config_for(checkpoint, config_path)
     trainer_config = dataclasses.replace(
-        config.trainer, load_checkpoint_path=checkpoint, load_checkpoint=True, id=(config.trainer.id or "export") + "-export"
+        config.trainer,
+        load_checkpoint_path=checkpoint,
+        load_checkpoint=True,
+        id=(config.trainer.id or "run") + "-export",
+        tracker=levanter.tracker.NoopConfig(),
     )
-    trainer_config = dataclasses.replace(trainer_config, tracker=levanter.tracker.NoopConfig())
     config = dataclasses.replace(config, trainer=trainer_config)
     levanter.initialize(config)
     quiet_library_logs()
@@ -50,13 +54,23 @@ def export_checkpoint(checkpoint: str, out_dir: str, config_path: str | None = N
     with Trainer(config.trainer, optimizer, loss_fn=compute_next_token_loss, add_default_hooks=False) as trainer:
         model, is_trainable = load_model(config, converter, trainer)
         state = trainer.initial_state(jax.random.PRNGKey(config.trainer.seed), model=model, is_trainable=is_trainable)
-        step = int(state.step)
-        if step == 0:
+        if int(state.step) == 0:
             raise UserError(f"{checkpoint}: checkpoint could not be loaded (state is at step 0)")
+        yield state.model, converter, config, int(state.step)
+
+
+def export_checkpoint(checkpoint: str, out_dir: str, config_path: str | None = None, adapter_dir: str | None = None) -> int:
+    """Load ``checkpoint`` into the run's model and write ``out_dir`` (merged HF); returns the number of
+    completed training steps in it (Levanter's ``step-N`` holds the state after N + 1 steps)."""
+    from pipelines.export import export_merged_hf, export_peft_adapter
+    from pipelines.levanter_compat import read_hf_config
+    from pipelines.train import lora_config_of
+
+    with trained_model(checkpoint, config_path) as (model, converter, config, step):
         is_lora = isinstance(config.method, LoraMethodConfig)
         marker = {"completed_steps": step, "base_model": config.model, "method": "lora" if is_lora else "full", "checkpoint": checkpoint}
-        export_merged_hf(state.model, converter, config.model, out_dir, marker, is_lora)
+        export_merged_hf(model, converter, config.model, out_dir, marker, is_lora)
         if is_lora and adapter_dir:
             model_type = read_hf_config(config.model)["model_type"]
-            export_peft_adapter(state.model, lora_config_of(config.method), config.model, model_type, converter.tokenizer, adapter_dir, marker)
+            export_peft_adapter(model, lora_config_of(config.method), config.model, model_type, converter.tokenizer, adapter_dir, marker)
     return step

@@ -1,0 +1,90 @@
+"""Each fix in pipelines/levanter_compat.py: the upstream bug is still there, and the fix works.
+
+When an upgrade fixes a bug upstream, its `test_upstream_*` test fails: drop that fix then.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import haliax as hax
+import pytest
+from levanter.layers.attention import AttentionMask
+from levanter.lora import DEFAULT_DICT_PREFIX, LoraConfig, loraize, merge_lora_modules
+
+from pipelines.config import DEFAULT_LORA_TARGETS
+from pipelines.levanter_compat import converter_for_checkpoint, count_lora_modules, loraize_from_base, merge_lora, peft_prefix
+
+LORA = LoraConfig(target_modules=DEFAULT_LORA_TARGETS, r=4, alpha=8)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir):
+    from levanter.trainer import TrainerConfig
+
+    config = TrainerConfig(require_accelerator=False)
+    with hax.partitioning.set_mesh(config.device_mesh), hax.axis_mapping(config.parameter_axis_mapping):
+        converter = converter_for_checkpoint(str(tiny_model_dir))
+        model = converter.load_pretrained(converter.default_config.model_type, config=converter.default_config, dtype=jnp.float32)
+        yield model
+
+
+def logits(model):
+    Pos = hax.Axis("position", 12)
+    tokens = hax.named(jnp.arange(12, dtype=jnp.int32) * 7 + 3, Pos)
+    return model(tokens, AttentionMask.causal()).array
+
+
+def test_upstream_from_hf_needs_the_hub(tiny_model_dir, monkeypatch):
+    from levanter.compat.hf_checkpoints import HFCheckpointConverter
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(Exception):
+        HFCheckpointConverter.from_hf(str(tiny_model_dir))
+
+
+def test_converter_from_local_config_json_works_offline(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    converter = converter_for_checkpoint(str(tiny_model_dir))
+    assert type(converter.default_config).__name__ == "LlamaConfig"
+    assert converter.default_config.rope.theta == 100000.0 and converter.default_config.tie_word_embeddings
+
+
+def test_upstream_loraize_changes_the_model(base):
+    stock = loraize(base, LORA, key=jax.random.PRNGKey(0))
+    assert jnp.max(jnp.abs(logits(stock) - logits(base))) > 1e-2
+
+
+def test_loraize_from_base_starts_as_the_base_model(base):
+    ours = loraize_from_base(base, LORA, key=jax.random.PRNGKey(0))
+    assert count_lora_modules(ours) == 7  # q k v o gate up down (stacked over layers)
+    assert jnp.array_equal(logits(ours), logits(base))
+    # A is still random (else the gradient of B would be zero forever)
+    a = ours.transformer.layers.stacked.self_attn.q_proj.lora.lora_A.weight.array
+    assert jnp.abs(a).max() > 0
+
+
+def test_upstream_merge_flips_the_weight_axes(base):
+    lora = loraize(base, LORA, key=jax.random.PRNGKey(0))
+    merged = merge_lora_modules(lora)
+    wrapped = lora.transformer.layers.stacked.mlp.up_proj.wrapped.weight
+    assert merged.transformer.layers.stacked.mlp.up_proj.weight.axes != wrapped.axes
+
+
+def test_merge_lora_keeps_axes_and_logits(base):
+    lora = loraize(base, LORA, key=jax.random.PRNGKey(0))
+    merged = merge_lora(lora)
+    for name in ("up_proj", "down_proj", "gate_proj"):
+        assert getattr(merged.transformer.layers.stacked.mlp, name).weight.axes == getattr(lora.transformer.layers.stacked.mlp, name).wrapped.weight.axes
+    assert merged.transformer.layers.stacked.self_attn.q_proj.weight.axes == lora.transformer.layers.stacked.self_attn.q_proj.wrapped.weight.axes
+    assert jnp.max(jnp.abs(logits(merged) - logits(lora))) < 1e-4
+    assert jnp.max(jnp.abs(logits(merged) - logits(base))) > 1e-2
+
+
+def test_upstream_peft_prefix_is_gpt2s():
+    assert DEFAULT_DICT_PREFIX == "base_model.model.transformer"
+
+
+def test_peft_prefix_for_llama():
+    assert peft_prefix("llama") == "base_model.model"
+    assert peft_prefix("gpt2") == "base_model.model.transformer"
