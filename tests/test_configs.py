@@ -1,0 +1,49 @@
+"""Every shipped config parses into a TrainConfig and opens with its exact launch command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+import pytest
+
+from conftest import REPO
+from pipelines.config import FullConfig, LoraMethodConfig
+from pipelines.train import parse_config
+
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def test_there_are_cpu_and_tpu_configs_for_both_methods():
+    names = {p.name for p in CONFIGS}
+    assert {"smollm2_lora_cpu.yaml", "smollm2_full_cpu.yaml", "llama2_7b_full_tpu.yaml", "llama2_7b_lora_tpu.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_parses_and_documents_its_launch(path: Path):
+    config = parse_config(str(path), [])
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert f"parsetune train {path.relative_to(REPO)}" in header or f"--config {path.relative_to(REPO)}" in header
+    assert config.trainer.mp is not None
+    if "tpu" in path.name:
+        assert config.tpu and config.tpu["accelerator_type"]
+        assert config.run_dir.startswith("gs://") and config.data.train.startswith("gs://")
+        assert config.trainer.tensor_parallel_axes == ["mlp", "heads"]
+    else:
+        assert config.trainer.require_accelerator is False
+
+
+def test_tpu_recipes_match_the_reference_tutorial():
+    full = parse_config(str(REPO / "configs/viggo/llama2_7b_full_tpu.yaml"), [])
+    assert isinstance(full.method, FullConfig)
+    assert (full.trainer.train_batch_size, full.trainer.num_train_steps, full.optimizer.learning_rate) == (128, 80, 2e-5)
+    assert jnp.dtype(full.trainer.mp.compute_dtype) == jnp.bfloat16 and jnp.dtype(full.trainer.mp.param_dtype) == jnp.float32
+    lora = parse_config(str(REPO / "configs/viggo/llama2_7b_lora_tpu.yaml"), [])
+    assert isinstance(lora.method, LoraMethodConfig)
+    assert (lora.method.r, lora.method.alpha, lora.method.dropout) == (8, 8, 0.0)
+    assert (lora.optimizer.learning_rate, lora.optimizer.weight_decay, lora.trainer.num_train_steps) == (3e-4, 0.1, 120)
+
+
+def test_overrides_reach_the_config():
+    config = parse_config(str(REPO / "configs/viggo/smollm2_lora_cpu.yaml"), ["--run_dir", "runs/x", "--trainer.num_train_steps", "5", "--method.r", "4"])
+    assert (config.run_dir, config.trainer.num_train_steps, config.method.r) == ("runs/x", 5, 4)

@@ -1,0 +1,73 @@
+"""Bad training input: one clear line, non-zero exit, nothing that looks like a finished run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from train_helpers import prepare_tiny_data, run_train, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_model_dir, tmp_path_factory):
+    return prepare_tiny_data(tmp_path_factory.mktemp("data"), tiny_model_dir)
+
+
+def config(tmp_path, tiny_model_dir, tiny_data, method=None):
+    return tiny_config(tmp_path / "c.yaml", tiny_model_dir, tiny_data, tmp_path / "run", method or {"type": "full"})
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("parsetune train: error:"), result.stderr[-2000:]
+    for needle in needles:
+        assert needle in last, last
+
+
+def test_missing_data_file(tmp_path, tiny_model_dir, tiny_data):
+    result = run_train(config(tmp_path, tiny_model_dir, tiny_data), "--data.train", str(tmp_path / "nope.jsonl"))
+    assert_one_line_error(result, "data.train", "nope.jsonl", "does not exist")
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_data_file(tmp_path, tiny_model_dir, tiny_data):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = run_train(config(tmp_path, tiny_model_dir, tiny_data), "--data.train", str(empty))
+    assert_one_line_error(result, "empty.jsonl: no examples")
+
+
+def test_model_without_config_json(tmp_path, tiny_model_dir, tiny_data):
+    (tmp_path / "notamodel").mkdir()
+    result = run_train(config(tmp_path, tiny_model_dir, tiny_data), "--model", str(tmp_path / "notamodel"))
+    assert_one_line_error(result, "no config.json")
+
+
+def test_unknown_config_key(tmp_path, tiny_model_dir, tiny_data):
+    path = config(tmp_path, tiny_model_dir, tiny_data)
+    path.write_text(path.read_text() + "learning_rat: 0.1\n")
+    result = run_train(path)
+    assert result.returncode == 2
+    assert "learning_rat" in result.stderr
+
+
+def test_every_example_too_long(tmp_path, tiny_model_dir, tiny_data):
+    result = run_train(config(tmp_path, tiny_model_dir, tiny_data), "--data.max_seq_len", "8")
+    assert_one_line_error(result, "longer than data.max_seq_len=8")
+    assert "dropped 50 of 50 examples" in result.stderr
+
+
+def test_lora_regex_matching_nothing(tmp_path, tiny_model_dir, tiny_data):
+    result = run_train(config(tmp_path, tiny_model_dir, tiny_data, {"type": "lora", "target_modules": ".*no_such_layer$"}))
+    assert_one_line_error(result, "matches no linear layer")
+    assert not (tmp_path / "run" / "hf").exists()
+
+
+def test_malformed_prepared_line(tmp_path, tiny_model_dir, tiny_data):
+    bad = tmp_path / "bad.jsonl"
+    good = (tiny_data / "train.jsonl").read_text().splitlines()[0]
+    bad.write_text(good + "\n" + json.dumps({"id": "x", "input": "p"}) + "\n")
+    result = run_train(config(tmp_path, tiny_model_dir, tiny_data), "--data.train", str(bad))
+    assert_one_line_error(result, "bad.jsonl:2", "'output'")
