@@ -117,13 +117,17 @@ class EvalLoss(Callback):
 
 class CheckpointHook(Callback):
     """Levanter's checkpointer, also saving after the last step (the trainer's final forced call
-    reaches plain function hooks without ``force``)."""
+    reaches plain function hooks without ``force``). Whenever a checkpoint is written, the metrics
+    log is flushed too, so a resumed run finds the rows of every step it will not redo."""
 
-    def __init__(self, checkpointer):
+    def __init__(self, checkpointer, log: MetricsLog):
         self.checkpointer = checkpointer
+        self.log = log
 
     def on_step(self, info, force: bool = False) -> None:
         self.checkpointer.on_step(info, force=force)
+        if getattr(self.checkpointer, "_last_save_step", None) == info.step:
+            self.log.flush()
         if force:
             self.checkpointer.wait_until_finished()
 

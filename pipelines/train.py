@@ -210,7 +210,7 @@ def train(config: TrainConfig) -> TrainResult:
         trainer.add_hook(StepLogger(log, real_per_step, prepared.num_steps, start), every=1)
         trainer.add_hook(log_step_info(prepared.num_steps), every=1)
         checkpointer = config.trainer.checkpointer.create(trainer.run_id)
-        trainer.add_hook(CheckpointHook(checkpointer), every=1)
+        trainer.add_hook(CheckpointHook(checkpointer, log), every=1)
         if prepared.validation is not None:
             batches = eval_batches(prepared.validation, batch, Pos, trainer.TrainBatch)
             trainer.add_hook(EvalLoss(log, batches, trainer.compute_axis_mapping, config.trainer.steps_per_eval), every=1)
