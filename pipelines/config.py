@@ -74,6 +74,7 @@ class TrainConfig:
     run_dir: str = "runs/default"
     epochs: Optional[float] = None  # if set, overrides trainer.num_train_steps
     export: bool = True  # write RUN_DIR/hf (and RUN_DIR/adapter for LoRA) at the end
+    gradient_checkpointing: Optional[bool] = None  # recompute layer activations in the backward pass (None: Levanter's default, on)
     wandb_mode: str = "offline"  # offline | online | disabled
     tpu: Optional[dict] = None  # where the job runs (parsetune tpu); ignored by training
 
