@@ -12,18 +12,6 @@ import sys
 from parsetune import __version__
 from parsetune.errors import UserError
 
-NOT_BUILT = {
-    "run": "prep -> train -> export -> eval in one go, from one config",
-}
-
-
-def not_built(name: str):
-    def run(args) -> int:
-        print(f"parsetune {name}: not built yet", file=sys.stderr)
-        return 2
-
-    return run
-
 
 def build_parser() -> argparse.ArgumentParser:
     from eval.cli import register as register_eval
@@ -42,10 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     register_pipelines(subparsers)
     register_eval(subparsers)
     register_tpu(subparsers)
-    for name, summary in NOT_BUILT.items():
-        if name not in subparsers.choices:
-            sub = subparsers.add_parser(name, help=f"{summary} (not built yet)", description=summary)
-            sub.set_defaults(func=not_built(name))
     return parser
 
 

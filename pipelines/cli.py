@@ -43,6 +43,29 @@ def run_export(args) -> int:
     return 0
 
 
+QUICK_OVERRIDES = [
+    "--epochs", "null", "--trainer.num_train_steps", "10", "--trainer.steps_per_eval", "10",
+    "--data.max_eval_examples", "16", "--eval.limit", "32",
+]
+
+
+def run_run(args) -> int:
+    from pipelines.run import run
+    from pipelines.train import parse_config
+
+    overrides = list(args.overrides)
+    if args.quick:
+        overrides = QUICK_OVERRIDES + overrides
+    config = parse_config(args.config, overrides)
+    if args.quick and "--run_dir" not in overrides:
+        import dataclasses
+
+        config = dataclasses.replace(config, run_dir=config.run_dir.rstrip("/") + "-quick")
+    report = run(config)
+    print(f"report: {report}")
+    return 0
+
+
 def register(subparsers) -> None:
     train = subparsers.add_parser(
         "train",
@@ -69,3 +92,21 @@ def register(subparsers) -> None:
     export.add_argument("--config", help="the run's config.yaml [RUN_DIR/config.yaml next to the checkpoints]")
     export.add_argument("--adapter-out", help="LoRA runs: also write the PEFT adapter here")
     export.set_defaults(func=run_export)
+
+    run = subparsers.add_parser(
+        "run",
+        help="prep -> base model -> train -> export -> generate -> score -> report, from one config",
+        description="The whole pipeline from one training config (its prep: and eval: sections say where "
+        "the data and base model come from and how to evaluate). Everything lands in RUN_DIR: prep/, the "
+        "training contract (checkpoints/, metrics.jsonl, hf/, adapter/), eval/<split>/ (predictions, "
+        "metrics, confusion matrix) and report.md. Finished steps are skipped on rerun.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  parsetune run configs/viggo/smollm2_lora_cpu.yaml\n"
+        "  parsetune run configs/viggo/smollm2_lora_cpu.yaml --quick          # ~2 min smoke run into RUN_DIR-quick\n"
+        "  parsetune run configs/viggo/smollm2_full_cpu.yaml --eval.limit 200",
+    )
+    run.add_argument("config", help="YAML config (as for parsetune train)")
+    run.add_argument("--quick", action="store_true", help="smoke run: 10 training steps, 32 eval rows, into RUN_DIR-quick")
+    run.add_argument("overrides", nargs=argparse.REMAINDER, help="--dotted.key VALUE overrides")
+    run.set_defaults(func=run_run)

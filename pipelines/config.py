@@ -64,6 +64,35 @@ class DataConfig:
     max_eval_examples: Optional[int] = 256  # eval loss on at most this many validation examples
 
 
+@dataclass(frozen=True)
+class PrepSection:
+    """Used by ``parsetune run`` only: where the data and the base model come from."""
+
+    task: str = "viggo"  # viggo | json
+    train: Optional[str] = None  # source files (CSV/JSONL); none: the bundled ViGGO copy
+    validation: Optional[str] = None
+    test: Optional[str] = None
+    hf: Optional[str] = None  # e.g. GEM/viggo, when the hub is reachable
+    schema: Optional[str] = None  # JSON Schema for task json
+    instruction: Optional[str] = None  # None: the task's default instruction; "" for none
+    query_template: Optional[str] = None
+    few_shot: int = 0
+    seed: int = 0
+    base_model: Optional[str] = "smollm2"  # fetched with `parsetune prep model` when `model` is missing
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    """Used by ``parsetune run`` only: generation and scoring on held-out splits."""
+
+    splits: list[str] = field(default_factory=lambda: ["validation"])
+    batch_size: int = 16
+    max_new_tokens: int = 96
+    constrain: Optional[str] = "viggo"  # viggo | json-schema | None
+    schema: Optional[str] = None
+    limit: Optional[int] = None  # first N rows only (quick runs)
+
+
 @dataclass
 class TrainConfig:
     model: str = "models/smollm2-135m-instruct"
@@ -77,6 +106,8 @@ class TrainConfig:
     gradient_checkpointing: Optional[bool] = None  # recompute layer activations in the backward pass (None: Levanter's default, on)
     wandb_mode: str = "offline"  # offline | online | disabled
     tpu: Optional[dict] = None  # where the job runs (parsetune tpu); ignored by training
+    prep: PrepSection = field(default_factory=PrepSection)  # parsetune run only
+    eval: EvalSection = field(default_factory=EvalSection)  # parsetune run only
 
 
 def with_run_dir_defaults(config: TrainConfig) -> TrainConfig:

@@ -1,0 +1,156 @@
+"""``parsetune run``: prep -> base model -> train -> export -> generate -> score -> report, from the
+same YAML as ``parsetune train`` (its ``prep:`` and ``eval:`` sections), into one run directory:
+
+  RUN_DIR/prep/                 prepared splits + manifest.json
+  RUN_DIR/config.yaml, checkpoints/, metrics.jsonl, hf/, adapter/   (the training contract)
+  RUN_DIR/eval/<split>/         predictions.jsonl, metrics.json, per_example.jsonl, confusion_matrix.{csv,png}
+  RUN_DIR/report.md
+
+Every step checks whether its output is already complete and skips it, so rerunning the command
+after an interruption picks up where it stopped (training itself resumes from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+from parsetune import storage
+from parsetune.errors import UserError
+from pipelines.config import TrainConfig
+
+
+def step(number: int, total: int, title: str) -> float:
+    print(f"\n== [{number}/{total}] {title}", file=sys.stderr, flush=True)
+    return time.monotonic()
+
+
+def done(started: float, what: str) -> None:
+    print(f"   {what} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+
+
+def prep_data(config: TrainConfig, prep_dir: str) -> None:
+    from prep.prompt import JSON_INSTRUCTION, JSON_QUERY, VIGGO_INSTRUCTION, VIGGO_QUERY, PromptTemplate, pick_shots
+    from prep.writer import MANIFEST_NAME, render_split, write_prepared
+
+    if storage.exists(storage.join(prep_dir, MANIFEST_NAME)):
+        print(f"   {prep_dir} is already prepared; skipping", file=sys.stderr)
+        return
+    p = config.prep
+    if p.task == "viggo":
+        from prep.viggo import ViggoSource, bundled_source, load_viggo
+
+        if p.hf:
+            source = ViggoSource({}, hf_dataset=p.hf)
+        elif p.train:
+            source = ViggoSource({k: v for k, v in {"train": p.train, "validation": p.validation, "test": p.test}.items() if v})
+        else:
+            source = bundled_source()
+        splits, description = load_viggo(source), source.describe()
+        defaults = (VIGGO_INSTRUCTION, VIGGO_QUERY)
+    elif p.task == "json":
+        from prep.json_task import JsonFields, load_json_split, load_schema
+
+        if not (p.train and p.validation):
+            raise UserError("prep.train and prep.validation are required for prep.task: json")
+        schema = load_schema(p.schema)
+        paths = {k: v for k, v in {"train": p.train, "validation": p.validation, "test": p.test}.items() if v}
+        splits = {s: load_json_split(s, path, JsonFields(), schema) for s, path in paths.items()}
+        description = ", ".join(f"{s}={path}" for s, path in paths.items())
+        defaults = (JSON_INSTRUCTION, JSON_QUERY)
+    else:
+        raise UserError(f"prep.task must be viggo or json, not {p.task!r}")
+    template = PromptTemplate(
+        instruction=defaults[0] if p.instruction is None else p.instruction,
+        query=defaults[1] if p.query_template is None else p.query_template,
+    )
+    shots = pick_shots(splits["train"], p.few_shot, p.seed) if p.few_shot else ()
+    records = {s: render_split(e, template, shots) for s, e in splits.items()}
+    options = {"few_shot": p.few_shot, "seed": p.seed, "few_shot_ids": [s.id for s in shots]}
+    local_model = config.model if os.path.isdir(config.model) else None
+    for s in write_prepared(prep_dir, p.task, description, records, template, options, local_model):
+        print(f"   {s.split}: {s.rows} rows", file=sys.stderr)
+
+
+def ensure_base_model(config: TrainConfig) -> None:
+    if storage.is_gcs(config.model) or storage.exists(storage.join(config.model, "config.json")):
+        print(f"   {config.model} is ready; skipping", file=sys.stderr)
+        return
+    if not config.prep.base_model:
+        raise UserError(f"{config.model}: no HF checkpoint there and prep.base_model is not set")
+    from prep.base_model import prepare_base_model
+
+    prepare_base_model(config.prep.base_model, config.model, log=lambda m: print(f"   {m}", file=sys.stderr))
+
+
+def evaluate_split(config: TrainConfig, model_dir: str, split: str, data_path: str, out_dir: str) -> dict:
+    from eval.generate import generate_predictions
+    from eval.score import score_predictions
+
+    predictions = storage.join(out_dir, "predictions.jsonl")
+    metrics_path = storage.join(out_dir, "metrics.json")
+    if storage.exists(metrics_path):
+        import json
+
+        print(f"   {out_dir} is already scored; skipping", file=sys.stderr)
+        return json.loads(storage.read_text(metrics_path))
+    e = config.eval
+    if not storage.exists(predictions):
+        stats = generate_predictions(
+            model_dir, data_path, predictions, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
+            limit=e.limit, constrain=e.constrain, schema_path=e.schema,
+        )
+        print(f"   {split}: {stats}", file=sys.stderr)
+    return score_predictions(predictions, out_dir, task=config.prep.task, schema_path=e.schema if config.prep.task == "json" else None)
+
+
+def run(config: TrainConfig) -> str:
+    """Run every step into ``config.run_dir``; returns the path of report.md."""
+    from eval.compare import compare_runs
+    from pipelines.train import train
+
+    run_dir = config.run_dir
+    prep_dir = storage.join(run_dir, "prep")
+    config = dataclasses.replace(
+        config,
+        data=dataclasses.replace(
+            config.data,
+            train=storage.join(prep_dir, "train.jsonl"),
+            validation=storage.join(prep_dir, "validation.jsonl"),
+        ),
+    )
+    total = 5
+    t = step(1, total, f"base model -> {config.model}")
+    ensure_base_model(config)
+    done(t, "base model ready")
+    t = step(2, total, f"prepare {config.prep.task} data -> {prep_dir}")
+    prep_data(config, prep_dir)
+    done(t, "data ready")
+    hf_dir = storage.join(run_dir, "hf")
+    t = step(3, total, f"train ({type(config.method).__name__}) -> {run_dir}")
+    from pipelines.export import is_exported
+
+    if is_exported(hf_dir):
+        print(f"   {hf_dir} is already exported; skipping training", file=sys.stderr)
+    else:
+        train(dataclasses.replace(config, export=True))
+    done(t, "trained and exported")
+    score_dirs = []
+    for number, split in enumerate(config.eval.splits):
+        t = step(4, total, f"generate + score on {split}")
+        data_path = storage.join(prep_dir, f"{split}.jsonl")
+        if not storage.exists(data_path):
+            raise UserError(f"{data_path}: split {split!r} was not prepared")
+        out_dir = storage.join(run_dir, "eval", split)
+        metrics = evaluate_split(config, hf_dir, split, data_path, out_dir)
+        score_dirs.append(out_dir)
+        summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("overall_accuracy", "exact_match", "valid_rate") if k in metrics)
+        done(t, f"{split}: {summary}")
+    t = step(5, total, "report")
+    report = storage.join(run_dir, "report.md")
+    names = [f"{os.path.basename(run_dir.rstrip('/'))} ({s})" for s in config.eval.splits]
+    compare_runs(score_dirs, report, names=names)
+    done(t, f"wrote {report}")
+    return report
