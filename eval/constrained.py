@@ -110,6 +110,31 @@ def _closing_mask(lltok, vocab_size: int, closing: bytes, eos_ids: Sequence[int]
     return mask_W
 
 
+def ll_tokenizer(hf_tokenizer, vocab_size: int, eos_ids: Sequence[int]):
+    """An ``LLTokenizer`` for a fast HF tokenizer.
+
+    llguidance only recognises byte-level BPE by a plain ``ByteLevel`` decoder; tokenizers converted
+    from GGUF (our SmolLM2) have ``Sequence[ByteFallback, Fuse, Replace, ByteLevel]`` instead, and
+    llguidance then reads ``Ġcombat`` as the UTF-8 of ``Ġ`` rather than a space, so the masks are
+    wrong. Such a decoder is replaced by its ``ByteLevel`` part (decoding is unchanged for byte-level
+    vocabularies, which have no ``<0x..>`` byte-fallback pieces).
+    """
+    import copy
+
+    import llguidance
+
+    backend = copy.copy(hf_tokenizer.backend_tokenizer)
+    backend.no_padding()
+    backend.no_truncation()
+    spec = json.loads(backend.to_str())
+    decoder = spec.get("decoder") or {}
+    if decoder.get("type") == "Sequence":
+        byte_level = [d for d in decoder.get("decoders", []) if d.get("type") == "ByteLevel"]
+        if byte_level:
+            spec["decoder"] = byte_level[0]
+    return llguidance.LLTokenizer(json.dumps(spec), n_vocab=vocab_size, eos_token=list(eos_ids))
+
+
 class GrammarConstraint:
     """One llguidance matcher per batch row; masks follow the llguidance bit layout."""
 
@@ -123,10 +148,9 @@ class GrammarConstraint:
         finish_window: int = 16,
     ) -> None:
         import llguidance
-        import llguidance.hf
 
         self._llg = llguidance
-        self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size, eos_token=list(eos_ids))
+        self.tokenizer = ll_tokenizer(hf_tokenizer, vocab_size, eos_ids)
         error = llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer)
         if error:
             raise UserError(f"invalid constraint grammar: {error.splitlines()[0]}")

@@ -174,25 +174,30 @@ def forward(
     bias_Bx1xTxS = jnp.where(visible_BxTxS, 0.0, jnp.finfo(jnp.float32).min)[:, None]
     x_BxTxD = params["embed_VxD"][tokens_BxT]
 
-    def layer(x_BxTxD, inputs):
-        w, k_cache_BxSxKxE, v_cache_BxSxKxE = inputs
+    def layer(carry, w):
+        # the whole cache rides in the carry and is updated in place (no per-step copy of it)
+        x_BxTxD, keys_LxBxSxKxE, values_LxBxSxKxE, index = carry
         y = _rms_norm(x_BxTxD, w["attn_norm_LxD"], shape.rms_norm_eps)
         q = _rope((y @ w["q_LxDxHE"]).reshape(b, t, h, e), pos_BxT, shape.rope_theta)
         kk = _rope((y @ w["k_LxDxKE"]).reshape(b, t, k, e), pos_BxT, shape.rope_theta)
         vv = (y @ w["v_LxDxKE"]).reshape(b, t, k, e)
-        k_cache_BxSxKxE = jax.lax.dynamic_update_slice(k_cache_BxSxKxE, kk, (0, start, 0, 0))
-        v_cache_BxSxKxE = jax.lax.dynamic_update_slice(v_cache_BxSxKxE, vv, (0, start, 0, 0))
+        keys_LxBxSxKxE = jax.lax.dynamic_update_slice(keys_LxBxSxKxE, kk[None], (index, 0, start, 0, 0))
+        values_LxBxSxKxE = jax.lax.dynamic_update_slice(values_LxBxSxKxE, vv[None], (index, 0, start, 0, 0))
+        k_BxSxKxE = keys_LxBxSxKxE[index]
+        v_BxSxKxE = values_LxBxSxKxE[index]
         q_BxKxGxTxE = q.reshape(b, t, k, h // k, e).transpose(0, 2, 3, 1, 4)
-        scores = jnp.einsum("bkgte,bske->bkgts", q_BxKxGxTxE, k_cache_BxSxKxE) * (e**-0.5)
+        scores = jnp.einsum("bkgte,bske->bkgts", q_BxKxGxTxE, k_BxSxKxE) * (e**-0.5)
         probs = jax.nn.softmax(scores + bias_Bx1xTxS[:, :, None], axis=-1)
-        attn_BxKxGxTxE = jnp.einsum("bkgts,bske->bkgte", probs, v_cache_BxSxKxE)
+        attn_BxKxGxTxE = jnp.einsum("bkgts,bske->bkgte", probs, v_BxSxKxE)
         attn_BxTxHE = attn_BxKxGxTxE.transpose(0, 3, 1, 2, 4).reshape(b, t, h * e)
         x_BxTxD = x_BxTxD + attn_BxTxHE @ w["o_LxHExD"]
         y = _rms_norm(x_BxTxD, w["mlp_norm_LxD"], shape.rms_norm_eps)
         x_BxTxD = x_BxTxD + (jax.nn.silu(y @ w["gate_LxDxF"]) * (y @ w["up_LxDxF"])) @ w["down_LxFxD"]
-        return x_BxTxD, (k_cache_BxSxKxE, v_cache_BxSxKxE)
+        return (x_BxTxD, keys_LxBxSxKxE, values_LxBxSxKxE, index + 1), None
 
-    x_BxTxD, new_cache = jax.lax.scan(layer, x_BxTxD, (params["layers"], cache[0], cache[1]))
+    carry = (x_BxTxD, cache[0], cache[1], jnp.int32(0))
+    (x_BxTxD, keys, values, _), _ = jax.lax.scan(layer, carry, params["layers"])
+    new_cache = (keys, values)
     if last_only:
         x_BxTxD = x_BxTxD[:, -1:]
     x_BxTxD = _rms_norm(x_BxTxD, params["final_norm_D"], shape.rms_norm_eps)

@@ -145,3 +145,35 @@ def test_bad_schema_file_is_a_user_error(tiny, tmp_path):
         build_constraint("json-schema", tiny[0], tiny[1].vocab_size, [2], str(bad))
     with pytest.raises(UserError, match="unknown constraint"):
         build_constraint("yaml", tiny[0], tiny[1].vocab_size, [2])
+
+
+def test_gguf_style_sequence_decoder_still_gives_byte_level_masks(tiny_model_dir, tmp_path):
+    """Tokenizers converted from GGUF (SmolLM2) wrap ByteLevel in a Sequence decoder; llguidance must
+    still read 'Ġcombat' as ' combat', else valid MRs with spaces are rejected mid-value."""
+    import shutil
+
+    import llguidance
+    from transformers import AutoTokenizer
+
+    from eval.constrained import ll_tokenizer, viggo_lark
+
+    d = tmp_path / "tok"
+    shutil.copytree(tiny_model_dir, d)
+    spec = json.loads((d / "tokenizer.json").read_text())
+    spec["decoder"] = {
+        "type": "Sequence",
+        "decoders": [
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        ],
+    }
+    (d / "tokenizer.json").write_text(json.dumps(spec))
+    tokenizer = AutoTokenizer.from_pretrained(d)
+    matcher = llguidance.LLMatcher(
+        ll_tokenizer(tokenizer, 512, [2]), llguidance.LLMatcher.grammar_from_lark(viggo_lark()), log_level=0
+    )
+    mr = "give_opinion(name[Need for Speed], rating[poor], genres[vehicular combat, driving/racing])"
+    ids = tokenizer(mr, add_special_tokens=False)["input_ids"]
+    assert matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting(), matcher.get_error()
