@@ -50,24 +50,25 @@ def mask_width(vocab_size: int) -> int:
     return (vocab_size + 31) // 32
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
-def _prefill(shape: LlamaShape, params: Params, tokens_BxT, pad_B, cache: Cache):
-    logits_Bx1xV, cache = forward(shape, params, tokens_BxT, pad_B, 0, cache, last_only=True)
-    return logits_Bx1xV[:, 0], cache
-
-
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=5)
-def _step(shape: LlamaShape, params: Params, token_B, pad_B, slot, cache: Cache):
-    logits_Bx1xV, cache = forward(shape, params, token_B[:, None], pad_B, slot, cache)
-    return logits_Bx1xV[:, 0], cache
-
-
-@jax.jit
 def _pick(logits_BxV: jax.Array, bitmask_BxW: jax.Array) -> jax.Array:
     """Greedy choice among the tokens whose bit is set in the packed mask."""
     vocab_V = jnp.arange(logits_BxV.shape[-1])
     allowed_BxV = (bitmask_BxW[:, vocab_V // 32] >> (vocab_V % 32)) & 1
-    return jnp.argmax(jnp.where(allowed_BxV == 1, logits_BxV, -jnp.inf), axis=-1)
+    return jnp.argmax(jnp.where(allowed_BxV == 1, logits_BxV, -jnp.inf), axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
+def _prefill(shape: LlamaShape, params: Params, tokens_BxT, pad_B, cache: Cache, bitmask_BxW):
+    """Fill cache slots [0, T) and pick each row's first new token."""
+    logits_Bx1xV, cache = forward(shape, params, tokens_BxT, pad_B, 0, cache, last_only=True)
+    return _pick(logits_Bx1xV[:, 0], bitmask_BxW), cache
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=5)
+def _step(shape: LlamaShape, params: Params, token_B, pad_B, slot, cache: Cache, bitmask_BxW):
+    """Feed one token per row at cache slot ``slot`` and pick the next one."""
+    logits_Bx1xV, cache = forward(shape, params, token_B[:, None], pad_B, slot, cache)
+    return _pick(logits_Bx1xV[:, 0], bitmask_BxW), cache
 
 
 class GreedyDecoder:
@@ -99,17 +100,15 @@ class GreedyDecoder:
             tokens_BxT[row, t - len(ids) :] = ids
             pad_B[row] = t - len(ids)
         pad_dev = jnp.asarray(pad_B)
-        cache = init_cache(self.shape, b, self.slots)
-        logits_BxV, cache = _prefill(self.shape, self.params, jnp.asarray(tokens_BxT), pad_dev, cache)
-
         bitmask_BxW = np.full((b, mask_width(self.shape.vocab_size)), -1, np.int32)
         full_mask = jnp.asarray(bitmask_BxW)
-        if constraint is not None:
-            constraint.start(b)
         out: list[list[int]] = [[] for _ in range(b)]
         done = [False] * b
         at_eos = [False] * b
         fallback = min(self.eos_ids) if self.eos_ids else self.pad_id
+        if constraint is not None:
+            constraint.start(b)
+        next_B, cache = None, init_cache(self.shape, b, self.slots)
         for i in range(self.max_new_tokens):
             if constraint is not None:
                 bitmask_BxW.fill(-1)
@@ -117,7 +116,12 @@ class GreedyDecoder:
                 mask = jnp.asarray(bitmask_BxW)
             else:
                 mask = full_mask
-            next_B = np.asarray(_pick(logits_BxV, mask)).astype(np.int32)
+            if next_B is None:
+                picked, cache = _prefill(self.shape, self.params, jnp.asarray(tokens_BxT), pad_dev, cache, mask)
+            else:
+                slot = jnp.int32(t + i - 1)
+                picked, cache = _step(self.shape, self.params, jnp.asarray(next_B), pad_dev, slot, cache, mask)
+            next_B = np.array(picked)
             for row in range(b):
                 if done[row]:
                     next_B[row] = fallback
@@ -129,7 +133,6 @@ class GreedyDecoder:
                 out[row].append(token)
                 if constraint is not None:
                     constraint.consume(row, token)
-            if all(done) or i == self.max_new_tokens - 1:
+            if all(done):
                 break
-            logits_BxV, cache = _step(self.shape, self.params, jnp.asarray(next_B), pad_dev, jnp.int32(t + i), cache)
         return [Generation(tokens, eos) for tokens, eos in zip(out, at_eos)]

@@ -58,19 +58,22 @@ def test_default_names_are_directory_names(tmp_path):
     assert "| metric | lora |" in text
 
 
-def test_cli_compare_and_errors_write_nothing(tmp_path):
+def test_cli_compare_and_errors_write_nothing(tmp_path, capsys):
+    from parsetune.cli import main
+
     a = _score_dir(tmp_path / "a", 0.5, {("inform", "confirm"): 3})
     out = tmp_path / "report.md"
     ok = run_cli("eval", "compare", str(a), "--out", str(out), "--names", "x")
-    assert ok.returncode == 0, ok.stderr and out.exists()
+    assert ok.returncode == 0, ok.stderr
+    assert out.exists() and "| metric | x |" in out.read_text()
     out.unlink()
     for argv, message in [
         ([str(a), str(tmp_path / "missing")], "metrics.json: no such file"),
         ([str(a), "--names", "x,y"], "--names has 2 names for 1 directories"),
     ]:
-        bad = run_cli("eval", "compare", *argv, "--out", str(out))
-        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
-        assert len(bad.stderr.strip().splitlines()) == 1
+        assert main(["eval", "compare", *argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists()
 
 

@@ -167,7 +167,9 @@ def test_limit(tiny_model_dir, tmp_path):
         (["--constrain", "json-schema"], "--constrain json-schema FILE"),
     ],
 )
-def test_cli_errors_are_one_line_and_write_nothing(tiny_model_dir, tmp_path, args, message):
+def test_cli_errors_are_one_line_and_write_nothing(tiny_model_dir, tmp_path, capsys, args, message):
+    from parsetune.cli import main
+
     data = _write_split(tmp_path / "validation.jsonl", n=2)
     (tmp_path / "bad.jsonl").write_text(data.read_text().splitlines()[0] + "\n{oops\n")
     argv = {"--model": str(tiny_model_dir), "--data": str(data)}
@@ -179,9 +181,9 @@ def test_cli_errors_are_one_line_and_write_nothing(tiny_model_dir, tmp_path, arg
             extra += args[i : i + 2]
     out = tmp_path / "preds.jsonl"
     flat = [x for k, v in argv.items() for x in (k, v)]
-    result = run_cli("eval", "generate", *flat, "--out", str(out), *extra)
-    assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert main(["eval", "generate", *flat, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
 
