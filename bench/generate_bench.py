@@ -6,6 +6,9 @@
 Each JAX run includes its compile time (as a user would see it). HF: transformers
 ``generate(do_sample=False)``, left padding, the same batches (prompts sorted by length).
 Also reports how many predictions are identical between JAX (unconstrained) and HF.
+
+The machine may be shared: with ``--interleave`` each batch is decoded by JAX and then by HF
+back to back (JAX compiled beforehand, compile time reported apart), so both see the same load.
 """
 
 from __future__ import annotations
@@ -39,6 +42,52 @@ def hf_generate(model_dir, data, limit, batch_size, max_new_tokens):
     return preds, time.perf_counter() - start
 
 
+def interleaved(model_dir, data, limit, batch_size, max_new_tokens):
+    """Per-batch alternation JAX / HF on identical token ids; returns a dict of timings."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eval.decoding import GreedyDecoder, bucket_length
+    from eval.generate import read_prompts, special_ids
+    from eval.llama_jax import load_llama, read_config
+
+    records = read_prompts(data, limit)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = sorted((tok(r.input)["input_ids"] for r in records), key=len)
+    eos, pad = special_ids(model_dir, read_config(model_dir), tok)
+    shape, params = load_llama(model_dir)
+    decoder = GreedyDecoder(shape, params, eos, pad, max_new_tokens, bucket_length(len(ids[-1]), 16) + max_new_tokens)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+    start = time.perf_counter()
+    for batch in batches:  # compile every prompt bucket once
+        decoder.generate(batch)
+    compile_and_first = time.perf_counter() - start
+    t_jax = t_hf = 0.0
+    same = 0
+    for batch in batches:
+        t0 = time.perf_counter()
+        got = decoder.generate(batch)
+        t1 = time.perf_counter()
+        width = max(len(b) for b in batch)
+        input_ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch])
+        mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
+        t2 = time.perf_counter()
+        t_jax += t1 - t0
+        t_hf += t2 - t1
+        for g, seq in zip(got, out[:, width:].tolist()):
+            ref = seq[: seq.index(eos[0]) + 1] if eos[0] in seq else seq
+            same += ref == g.tokens + [eos[0]] * g.stopped_at_eos
+    n = len(ids)
+    return {"n": n, "jax_warm_examples_per_second": n / t_jax, "hf_examples_per_second": n / t_hf,
+            "speedup_warm": t_hf / t_jax, "jax_first_pass_seconds_incl_compile": compile_and_first,
+            "speedup_incl_compile": t_hf / (t_jax + max(0.0, compile_and_first - t_jax)),
+            "token_identical_rows": same}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -48,7 +97,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--interleave", action="store_true", help="only the per-batch JAX/HF alternation")
     args = ap.parse_args()
+    if args.interleave:
+        print(json.dumps(interleaved(args.model, args.data, args.limit, args.batch_size, args.max_new_tokens), indent=2))
+        return
     os.makedirs(args.out, exist_ok=True)
     from eval.generate import generate_predictions
     from eval.score import score_predictions
