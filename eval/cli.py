@@ -1,8 +1,7 @@
 """``parsetune eval ...``: argparse wiring for the eval package (thin; logic lives in eval/*.py).
 
 The top-level CLI calls ``register(subparsers)`` and then ``args.func(args)``, turning
-``UserError`` into a one-line message. Subcommands: ``score`` (``generate`` and ``compare`` are
-planned and will be added here as siblings).
+``UserError`` into a one-line message. Subcommands: ``generate``, ``score``, ``compare``.
 """
 
 from __future__ import annotations
@@ -36,6 +35,80 @@ examples:
 """
 
 
+_GENERATE_DESCRIPTION = """\
+Generate predictions with greedy decoding (JAX, KV cache) from a local HF Llama checkpoint.
+
+SPLIT.jsonl is prepared data ({"id", "input", "output"} per line, e.g. from `parsetune prep`).
+Writes PREDICTIONS.jsonl ({"id", "input", "reference", "prediction"} per line, input order),
+atomically: on any error nothing is written. Prompts are sorted by length into batches; each row
+stops at EOS or after --max-new-tokens tokens.
+
+--constrain viggo              only well-formed ViGGO MRs (9 functions, 14 attributes in canonical
+                               order, closed value sets), then EOS
+--constrain json-schema FILE   only compact JSON matching the JSON Schema in FILE
+"""
+
+_GENERATE_EPILOG = """\
+examples:
+  parsetune eval generate --model models/smollm2-135m-instruct --data data/viggo/validation.jsonl \\
+      --out runs/base/predictions.jsonl --limit 32
+  parsetune eval generate --model runs/full/hf --data data/viggo/validation.jsonl \\
+      --out runs/full/predictions.jsonl --constrain viggo --batch-size 16
+"""
+
+_COMPARE_DESCRIPTION = """\
+Compare several `eval score` directories in one markdown report: a table with one column per run
+(n, function name, attribute set, attribute value, overall, exact match, valid rate), links to
+each confusion_matrix.png (relative to the report), and each run's 3 largest confusions.
+"""
+
+_COMPARE_EPILOG = """\
+examples:
+  parsetune eval compare runs/base/scores runs/full/scores runs/lora/scores \\
+      --names prompted,full,lora --out runs/report.md
+"""
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from eval.generate import generate_predictions
+
+    constrain, schema = None, None
+    if args.constrain:
+        constrain, *rest = args.constrain
+        if constrain == "json-schema" and len(rest) == 1:
+            schema = rest[0]
+        elif constrain == "json-schema":
+            raise UserError("usage: --constrain json-schema FILE")
+        elif constrain != "viggo":
+            raise UserError(f"unknown --constrain {constrain!r}; expected viggo or json-schema FILE")
+        elif rest:
+            raise UserError("--constrain viggo takes no FILE")
+    stats = generate_predictions(
+        args.model,
+        args.data,
+        args.out,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        constrain=constrain,
+        schema_path=schema,
+    )
+    print(
+        f"generated {stats.n} predictions -> {args.out} in {stats.seconds:.1f} s "
+        f"({stats.examples_per_second:.2f} examples/s; {stats.n - stats.stopped_at_eos} hit --max-new-tokens)"
+    )
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from eval.compare import compare_runs
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    compare_runs(args.dirs, args.out, names)
+    print(f"compared {len(args.dirs)} runs -> {args.out}")
+    return 0
+
+
 def _run_score(args: argparse.Namespace) -> int:
     from eval.score import score_predictions
 
@@ -51,10 +124,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` command (with its ``score`` subcommand) to ``subparsers``."""
     eval_parser = subparsers.add_parser(
         "eval",
-        help="score predictions (generate/compare planned)",
-        description="Evaluate fine-tuned models: score predictions against references.",
+        help="generate predictions, score them, compare runs",
+        description="Evaluate fine-tuned models: generate predictions, score them against references, "
+        "compare runs.",
     )
     eval_sub = eval_parser.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
+    gen = eval_sub.add_parser(
+        "generate",
+        help="greedy (optionally grammar-constrained) predictions from an HF Llama checkpoint",
+        description=_GENERATE_DESCRIPTION,
+        epilog=_GENERATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gen.add_argument("--model", required=True, metavar="DIR", help="local HF checkpoint directory (config.json, *.safetensors, tokenizer)")
+    gen.add_argument("--data", required=True, metavar="SPLIT.jsonl", help="prepared data (local or gs://)")
+    gen.add_argument("--out", required=True, metavar="PREDICTIONS.jsonl", help="predictions file to write (local or gs://)")
+    gen.add_argument("--batch-size", type=int, default=8, metavar="N", help="rows decoded together [8]")
+    gen.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="generation limit per row [128]")
+    gen.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows")
+    gen.add_argument(
+        "--constrain", nargs="+", metavar=("KIND", "FILE"), default=None,
+        help="grammar constraint: 'viggo' or 'json-schema FILE'",
+    )  # fmt: skip
+    gen.set_defaults(func=_run_generate)
     score = eval_sub.add_parser(
         "score",
         help="score a predictions JSONL file and write metrics, per-example scores and a confusion matrix",
@@ -74,6 +166,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--schema", metavar="FILE", default=None, help="JSON Schema file for schema adherence (--task json only)"
     )
     score.set_defaults(func=_run_score)
+    compare = eval_sub.add_parser(
+        "compare",
+        help="one markdown report comparing several score directories",
+        description=_COMPARE_DESCRIPTION,
+        epilog=_COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("dirs", nargs="+", metavar="DIR", help="`eval score` output directories")
+    compare.add_argument("--out", required=True, metavar="REPORT.md", help="markdown report to write")
+    compare.add_argument("--names", default=None, metavar="A,B,...", help="column names (default: directory names)")
+    compare.set_defaults(func=_run_compare)
 
 
 def main(argv: list[str] | None = None) -> int:

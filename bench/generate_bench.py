@@ -1,0 +1,130 @@
+"""Examples/s of `parsetune eval generate` (JAX) with and without --constrain viggo vs HF generate.
+
+    PYTHONPATH=. python bench/generate_bench.py --model /tmp/models/smollm2 \
+        --data /tmp/d1/validation.jsonl --limit 64 --batch-size 8 --max-new-tokens 64 --out /tmp/bench
+
+Each JAX run includes its compile time (as a user would see it). HF: transformers
+``generate(do_sample=False)``, left padding, the same batches (prompts sorted by length).
+Also reports how many predictions are identical between JAX (unconstrained) and HF.
+
+The machine may be shared: with ``--interleave`` each batch is decoded by JAX and then by HF
+back to back (JAX compiled beforehand, compile time reported apart), so both see the same load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+
+def hf_generate(model_dir, data, limit, batch_size, max_new_tokens):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eval.generate import read_prompts
+
+    records = read_prompts(data, limit)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    order = sorted(range(len(records)), key=lambda i: len(tok(records[i].input)["input_ids"]))
+    preds = [None] * len(records)
+    start = time.perf_counter()
+    for first in range(0, len(order), batch_size):
+        rows = order[first : first + batch_size]
+        enc = tok([records[i].input for i in rows], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+        for i, seq in zip(rows, out[:, enc["input_ids"].shape[1] :]):
+            preds[i] = tok.decode(seq, skip_special_tokens=True).strip()
+    return preds, time.perf_counter() - start
+
+
+def interleaved(model_dir, data, limit, batch_size, max_new_tokens):
+    """Per-batch alternation JAX / HF on identical token ids; returns a dict of timings."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eval.decoding import GreedyDecoder, bucket_length
+    from eval.generate import read_prompts, special_ids
+    from eval.llama_jax import load_llama, read_config
+
+    records = read_prompts(data, limit)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = sorted((tok(r.input)["input_ids"] for r in records), key=len)
+    eos, pad = special_ids(model_dir, read_config(model_dir), tok)
+    shape, params = load_llama(model_dir)
+    decoder = GreedyDecoder(shape, params, eos, pad, max_new_tokens, bucket_length(len(ids[-1]), 16) + max_new_tokens)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+    start = time.perf_counter()
+    for batch in batches:  # compile every prompt bucket once
+        decoder.generate(batch)
+    compile_and_first = time.perf_counter() - start
+    t_jax = t_hf = 0.0
+    same = 0
+    for batch in batches:
+        t0 = time.perf_counter()
+        got = decoder.generate(batch)
+        t1 = time.perf_counter()
+        width = max(len(b) for b in batch)
+        input_ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch])
+        mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
+        t2 = time.perf_counter()
+        t_jax += t1 - t0
+        t_hf += t2 - t1
+        for g, seq in zip(got, out[:, width:].tolist()):
+            ref = seq[: seq.index(eos[0]) + 1] if eos[0] in seq else seq
+            same += ref == g.tokens + [eos[0]] * g.stopped_at_eos
+    n = len(ids)
+    return {"n": n, "jax_warm_examples_per_second": n / t_jax, "hf_examples_per_second": n / t_hf,
+            "speedup_warm": t_hf / t_jax, "jax_first_pass_seconds_incl_compile": compile_and_first,
+            "speedup_incl_compile": t_hf / (t_jax + max(0.0, compile_and_first - t_jax)),
+            "token_identical_rows": same}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--limit", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--interleave", action="store_true", help="only the per-batch JAX/HF alternation")
+    args = ap.parse_args()
+    if args.interleave:
+        print(json.dumps(interleaved(args.model, args.data, args.limit, args.batch_size, args.max_new_tokens), indent=2))
+        return
+    os.makedirs(args.out, exist_ok=True)
+    from eval.generate import generate_predictions
+    from eval.score import score_predictions
+
+    report = {}
+    for label, constrain in (("jax", None), ("jax_viggo", "viggo")):
+        path = os.path.join(args.out, f"{label}.jsonl")
+        stats = generate_predictions(
+            args.model, args.data, path, args.batch_size, args.max_new_tokens, args.limit, constrain, progress=False
+        )
+        metrics = score_predictions(path, os.path.join(args.out, f"{label}_scores"))
+        report[label] = {"examples_per_second": stats.examples_per_second, "seconds": stats.seconds,
+                         "overall": metrics["overall_accuracy"], "valid_rate": metrics["valid_rate"]}
+        print(label, report[label], flush=True)
+    if not args.skip_hf:
+        preds, seconds = hf_generate(args.model, args.data, args.limit, args.batch_size, args.max_new_tokens)
+        jax_preds = [json.loads(l)["prediction"] for l in open(os.path.join(args.out, "jax.jsonl"))]
+        report["hf"] = {"examples_per_second": len(preds) / seconds, "seconds": seconds,
+                        "identical_to_jax": sum(a == b for a, b in zip(preds, jax_preds)), "n": len(preds)}
+        print("hf", report["hf"], flush=True)
+        report["speedup_jax_vs_hf"] = report["jax"]["examples_per_second"] / report["hf"]["examples_per_second"]
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""``compare_runs``: several ``eval score`` output directories in, one markdown report out.
+
+The report has the table of the Levanter ViGGO tutorial (one column per run: n, function-name,
+attribute-set, attribute-value, overall, exact match, valid rate), a link to each run's
+``confusion_matrix.png`` (relative to the report), and each run's 3 largest off-diagonal
+confusions (``reference → predicted: count``) from its ``confusion_matrix.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from parsetune import storage
+from parsetune.errors import UserError
+
+ROWS: tuple[tuple[str, str], ...] = (
+    ("n", "n"),
+    ("function name", "function_name_accuracy"),
+    ("attribute set", "attribute_set_accuracy"),
+    ("attribute value", "attribute_value_accuracy"),
+    ("overall", "overall_accuracy"),
+    ("exact match", "exact_match"),
+    ("valid rate", "valid_rate"),
+)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    name: str
+    directory: str
+    metrics: dict[str, Any]
+    top_confusions: tuple[tuple[str, str, int], ...]  # (reference, predicted, count), largest first
+    has_png: bool
+
+
+def top_confusions(csv_text: str, where: str, k: int = 3) -> tuple[tuple[str, str, int], ...]:
+    """The ``k`` largest off-diagonal cells (ties broken by reference then predicted name)."""
+    rows = list(csv.reader(io.StringIO(csv_text)))
+    if not rows or len(rows[0]) < 2:
+        raise UserError(f"{where}: empty or malformed confusion matrix CSV")
+    columns = rows[0][1:]
+    cells: list[tuple[str, str, int]] = []
+    for line_no, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(columns) + 1:
+            raise UserError(f"{where}:{line_no}: expected {len(columns) + 1} fields, got {len(row)}")
+        for predicted, value in zip(columns, row[1:]):
+            try:
+                count = int(value)
+            except ValueError:
+                raise UserError(f"{where}:{line_no}: count {value!r} is not an integer") from None
+            if predicted != row[0] and count > 0:
+                cells.append((row[0], predicted, count))
+    cells.sort(key=lambda c: (-c[2], c[0], c[1]))
+    return tuple(cells[:k])
+
+
+def read_run(directory: str, name: str) -> RunSummary:
+    metrics_path = storage.join(directory, "metrics.json")
+    try:
+        metrics = json.loads(storage.read_text(metrics_path))
+    except ValueError as err:
+        raise UserError(f"{metrics_path}: not valid JSON ({err})") from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{metrics_path}: expected a JSON object")
+    missing = [key for _, key in ROWS if key not in metrics]
+    if missing:
+        raise UserError(f"{metrics_path}: missing {', '.join(missing)} (is this an `eval score` directory?)")
+    csv_path = storage.join(directory, "confusion_matrix.csv")
+    confusions = top_confusions(storage.read_text(csv_path), csv_path) if storage.exists(csv_path) else ()
+    has_png = storage.exists(storage.join(directory, "confusion_matrix.png"))
+    return RunSummary(name, directory, metrics, confusions, has_png)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _link(target_dir: str, out_path: str) -> str:
+    png = storage.join(target_dir, "confusion_matrix.png")
+    if storage.is_gcs(png) or storage.is_gcs(out_path):
+        return png
+    return os.path.relpath(os.path.abspath(png), os.path.dirname(os.path.abspath(out_path))).replace(os.sep, "/")
+
+
+def render_report(runs: list[RunSummary], out_path: str) -> str:
+    """The markdown text of the comparison report written to ``out_path``."""
+    lines = ["# ViGGO evaluation comparison", ""]
+    lines.append("| metric | " + " | ".join(r.name for r in runs) + " |")
+    lines.append("|---|" + "---:|" * len(runs))
+    for label, key in ROWS:
+        lines.append(f"| {label} | " + " | ".join(_cell(r.metrics[key]) for r in runs) + " |")
+    lines += ["", "Runs:", ""]
+    for r in runs:
+        lines.append(f"- **{r.name}**: `{r.directory}`")
+    lines += ["", "## Confusion matrices", ""]
+    for r in runs:
+        lines.append(f"### {r.name}")
+        lines.append("")
+        if r.has_png:
+            lines.append(f"![{r.name} confusion matrix]({_link(r.directory, out_path)})")
+            lines.append("")
+        if r.top_confusions:
+            lines.append("Largest confusions:")
+            lines.append("")
+            lines += [f"- {ref} → {pred}: {count}" for ref, pred, count in r.top_confusions]
+        else:
+            lines.append("No off-diagonal confusions.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def compare_runs(directories: list[str], out_path: str, names: list[str] | None = None) -> str:
+    """Read every run, then write the report atomically; returns its text."""
+    if not directories:
+        raise UserError("give at least one score directory")
+    if names is None:
+        names = [os.path.basename(d.rstrip("/")) or d for d in directories]
+    if len(names) != len(directories):
+        raise UserError(f"--names has {len(names)} names for {len(directories)} directories")
+    runs = [read_run(d, n) for d, n in zip(directories, names)]
+    text = render_report(runs, out_path)
+    storage.write_text_atomic(out_path, text)
+    return text

@@ -1,0 +1,153 @@
+"""``generate_predictions``: prepared data JSONL + HF Llama checkpoint in, predictions JSONL out.
+
+Reads ``{"id", "input", "output"}`` rows (DESIGN.md §2, "Prepared data"), sorts them by prompt
+length into batches (less padding), decodes each batch greedily with ``eval.decoding`` (optionally
+grammar-constrained, ``eval.constrained``), and writes ``{"id", "input", "reference",
+"prediction"}`` lines in input order, atomically: a failed run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from parsetune import storage
+from parsetune.errors import UserError
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    id: str
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class GenerateStats:
+    n: int
+    seconds: float
+    examples_per_second: float
+    stopped_at_eos: int  # rows that ended with EOS; the rest hit max_new_tokens
+
+
+def read_prompts(path: str, limit: int | None = None) -> list[PromptRecord]:
+    """Read prepared data; ``UserError`` naming ``file:line`` for any bad line, duplicate id or no rows."""
+    records: list[PromptRecord] = []
+    seen: dict[str, int] = {}
+    for line_no, raw in enumerate(storage.read_text(path).split("\n"), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            row = json.loads(raw)
+        except ValueError as err:
+            raise UserError(f"{where}: malformed JSON ({err})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        for key in ("id", "input", "output"):
+            if key not in row:
+                raise UserError(f"{where}: missing {key!r}")
+        if isinstance(row["id"], bool) or not isinstance(row["id"], (str, int)):
+            raise UserError(f"{where}: 'id' must be a string or integer")
+        for key in ("input", "output"):
+            if not isinstance(row[key], str):
+                raise UserError(f"{where}: {key!r} must be a string")
+        rid = str(row["id"])
+        if rid in seen:
+            raise UserError(f"{where}: duplicate id {rid!r} (first on line {seen[rid]})")
+        seen[rid] = line_no
+        records.append(PromptRecord(rid, row["input"], row["output"]))
+        if limit is not None and len(records) >= limit:
+            break
+    if not records:
+        raise UserError(f"{path}: no rows")
+    return records
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def special_ids(model_dir: str, config: dict[str, Any], tokenizer) -> tuple[list[int], int]:
+    """EOS ids (generation_config.json, else config.json, else the tokenizer) and the pad id."""
+    gen: dict[str, Any] = {}
+    gen_path = os.path.join(model_dir, "generation_config.json")
+    if os.path.isfile(gen_path):
+        with open(gen_path, encoding="utf-8") as f:
+            gen = json.load(f)
+    eos = _ids(gen.get("eos_token_id")) or _ids(config.get("eos_token_id")) or _ids(tokenizer.eos_token_id)
+    if not eos:
+        raise UserError(f"{model_dir}: no EOS token id in generation_config.json, config.json or the tokenizer")
+    pad = next((p for p in (gen.get("pad_token_id"), config.get("pad_token_id"), tokenizer.pad_token_id) if p is not None), eos[0])
+    return eos, int(pad)
+
+
+def generate_predictions(
+    model_dir: str,
+    data_path: str,
+    out_path: str,
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    limit: int | None = None,
+    constrain: str | None = None,
+    schema_path: str | None = None,
+    progress: bool = True,
+) -> GenerateStats:
+    """Generate a prediction for every row of ``data_path`` and write them to ``out_path``."""
+    from eval.constrained import CONSTRAINTS, build_constraint
+    from eval.llama_jax import read_config
+
+    if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 1):
+        raise UserError("--batch-size, --max-new-tokens and --limit must be positive")
+    if constrain is not None and constrain not in CONSTRAINTS:
+        raise UserError(f"unknown --constrain {constrain!r}; expected one of {', '.join(CONSTRAINTS)}")
+    if storage.is_gcs(model_dir):
+        raise UserError(f"{model_dir}: the model must be a local directory (copy it down first)")
+    if not storage.is_gcs(out_path) and os.path.isdir(out_path):
+        raise UserError(f"{out_path}: is a directory, expected a file path for the predictions")
+    config = read_config(model_dir)
+    records = read_prompts(data_path, limit)
+
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from eval.decoding import GreedyDecoder, bucket_length
+    from eval.llama_jax import load_llama
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    eos_ids, pad_id = special_ids(model_dir, config, tokenizer)
+    shape, params = load_llama(model_dir)
+    constraint = build_constraint(constrain, tokenizer, shape.vocab_size, eos_ids, schema_path)
+    prompts = [tokenizer(r.input)["input_ids"] for r in records]
+    for record, ids in zip(records, prompts):
+        if not ids:
+            raise UserError(f"{data_path}: row {record.id!r}: the prompt encodes to no tokens")
+    slots = bucket_length(max(len(p) for p in prompts), 16) + max_new_tokens
+    decoder = GreedyDecoder(shape, params, eos_ids, pad_id, max_new_tokens, slots)
+
+    order = sorted(range(len(records)), key=lambda i: len(prompts[i]))
+    predictions: list[str | None] = [None] * len(records)
+    eos_count = 0
+    start = time.perf_counter()
+    with tqdm(total=len(records), desc="generate", unit="ex", disable=not progress) as bar:
+        for first in range(0, len(order), batch_size):
+            rows = order[first : first + batch_size]
+            batch = [prompts[i] for i in rows]
+            batch += [batch[0]] * (batch_size - len(batch))  # a full batch keeps one compiled shape
+            results = decoder.generate(batch, constraint)
+            for i, result in zip(rows, results):
+                predictions[i] = tokenizer.decode(result.tokens, skip_special_tokens=True).strip()
+                eos_count += result.stopped_at_eos
+            bar.update(len(rows))
+    seconds = time.perf_counter() - start
+    lines = [
+        json.dumps({"id": r.id, "input": r.input, "reference": r.output, "prediction": p}, ensure_ascii=False)
+        for r, p in zip(records, predictions)
+    ]
+    storage.write_bytes_atomic(out_path, ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
+    return GenerateStats(len(records), seconds, len(records) / seconds if seconds else 0.0, eos_count)
