@@ -53,7 +53,8 @@ def run_run(args) -> int:
     from pipelines.run import run
     from pipelines.train import parse_config
 
-    overrides = list(args.overrides)
+    overrides = [o for o in args.overrides if o != "--quick"]
+    args.quick = args.quick or len(overrides) != len(args.overrides)
     if args.quick:
         overrides = QUICK_OVERRIDES + overrides
     config = parse_config(args.config, overrides)

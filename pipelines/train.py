@@ -244,10 +244,16 @@ def parse_config(config_path: str, overrides: list[str]) -> TrainConfig:
     """YAML + ``--dotted.key value`` overrides -> TrainConfig; unknown keys are one-line errors."""
     if not storage.exists(config_path):
         raise UserError(f"{config_path}: no such config file")
+    import contextlib
+    import io
+
+    messages = io.StringIO()
     try:
-        return draccus.parse(config_class=TrainConfig, config_path=config_path, args=overrides)
-    except SystemExit as err:  # draccus/argparse print their own message first
-        raise UserError(f"{config_path}: invalid config or override (see the message above)") from err
+        with contextlib.redirect_stderr(messages):  # argparse prints a 60-line usage before exiting
+            return draccus.parse(config_class=TrainConfig, config_path=config_path, args=overrides)
+    except SystemExit as err:
+        reason = next((line.split("error:", 1)[1].strip() for line in messages.getvalue().splitlines() if "error:" in line), "")
+        raise UserError(f"{config_path}: {reason or 'invalid config or override'} (see --help for the config keys)") from err
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{config_path}: {first}") from err
