@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--stacks", default="torch,parsetune", help="which stacks to measure")
     parser.add_argument("--parsetune-args", nargs=argparse.REMAINDER, default=[], help="extra `parsetune train` overrides")
     parser.add_argument("--worker", choices=["torch", "parsetune"], help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=["lora", "full"], help=argparse.SUPPRESS)
@@ -130,13 +131,15 @@ def main() -> None:
         return
     results = {}
     for method in args.methods.split(","):
-        for stack in ("torch", "parsetune"):
+        for stack in args.stacks.split(","):
             results[f"{stack}/{method}"] = measure(stack, method, args)
             r = results[f"{stack}/{method}"]
             print(f"{stack:10s} {method:5s} {r['tokens_per_s']:8.1f} tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
                   f"(final loss {r['final_loss']:.3f}, {r['wall_s']:.0f} s)", flush=True)
     print(f"\nbatch {args.batch} x {args.seq} tokens, {args.steps} steps ({args.warmup} untimed), float32, {os.cpu_count()} CPUs")
     for method in args.methods.split(","):
+        if f"torch/{method}" not in results or f"parsetune/{method}" not in results:
+            continue
         ours, theirs = results[f"parsetune/{method}"], results[f"torch/{method}"]
         print(f"{method}: parsetune / torch tokens/s = {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x, "
               f"peak RSS {ours['peak_rss_mb']:.0f} vs {theirs['peak_rss_mb']:.0f} MB")

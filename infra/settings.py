@@ -104,6 +104,18 @@ def merge_settings(section: dict[str, Any], overrides: dict[str, Any], where: st
     return TpuSettings(target=target, **extra)
 
 
+def training_run_dir(config_path: str) -> str | None:
+    """The training config's own top-level ``run_dir`` when it is on gs:// (every worker reads it)."""
+    try:
+        document = yaml.safe_load(storage.read_text(config_path)) or {}
+    except yaml.YAMLError:
+        return None
+    run_dir = document.get("run_dir") if isinstance(document, dict) else None
+    return run_dir if isinstance(run_dir, str) and storage.is_gcs(run_dir) else None
+
+
 def load_settings(config_path: str | None, overrides: dict[str, Any]) -> TpuSettings:
     section = read_tpu_section(config_path) if config_path else {}
+    if config_path and "run_dir" not in section and (run_dir := training_run_dir(config_path)):
+        section = {**section, "run_dir": run_dir}  # one run_dir for the trainer and for submit
     return merge_settings(section, overrides, where=config_path or "the config (--config)")

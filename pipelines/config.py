@@ -65,6 +65,31 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    """How the model computes (None keeps Levanter's default for the model family)."""
+
+    gradient_checkpointing: Optional[bool] = None  # recompute each layer in the backward pass (Levanter: on)
+    attn_backend: Optional[str] = None  # vanilla | jax_flash | splash | default (Levanter on CPU: jax_flash)
+    scan_layers: Optional[bool] = None  # one scanned layer body (Levanter: on) or unrolled layers
+
+    def apply(self, model_config):
+        """The Levanter model config with these choices applied."""
+        changes = {}
+        if self.gradient_checkpointing is not None:
+            changes["gradient_checkpointing"] = self.gradient_checkpointing
+        if self.scan_layers is not None:
+            changes["scan_layers"] = self.scan_layers
+        if self.attn_backend is not None:
+            from levanter.layers.attention import AttentionBackend
+
+            changes["attn_backend"] = AttentionBackend(self.attn_backend)
+        unknown = [k for k in changes if not hasattr(model_config, k)]
+        if unknown:
+            raise ValueError(f"{type(model_config).__name__} has no {unknown}")
+        return dataclasses.replace(model_config, **changes)
+
+
+@dataclass(frozen=True)
 class PrepSection:
     """Used by ``parsetune run`` only: where the data and the base model come from."""
 
@@ -103,7 +128,7 @@ class TrainConfig:
     run_dir: str = "runs/default"
     epochs: Optional[float] = None  # if set, overrides trainer.num_train_steps
     export: bool = True  # write RUN_DIR/hf (and RUN_DIR/adapter for LoRA) at the end
-    gradient_checkpointing: Optional[bool] = None  # recompute layer activations in the backward pass (None: Levanter's default, on)
+    compute: "ComputeConfig" = field(default_factory=lambda: ComputeConfig())
     wandb_mode: str = "offline"  # offline | online | disabled
     tpu: Optional[dict] = None  # where the job runs (parsetune tpu); ignored by training
     prep: PrepSection = field(default_factory=PrepSection)  # parsetune run only

@@ -98,18 +98,32 @@ def drop_too_long(examples: list[TokenizedExample], max_seq_len: int) -> tuple[l
     return kept, LengthReport(total=len(examples), dropped=len(examples) - len(kept), longest=longest, max_seq_len=max_seq_len)
 
 
+def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Bins of example indices, longest examples first, each into the first bin it fits in."""
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        size = lengths[index]
+        slot = next((b for b, room in enumerate(free) if room >= size), None)
+        if slot is None:
+            bins.append([])
+            free.append(capacity)
+            slot = len(bins) - 1
+        bins[slot].append(index)
+        free[slot] -= size
+    return bins
+
+
 def pack(examples: list[TokenizedExample], max_seq_len: int, pad_id: int, packing: bool = True) -> PackedSequences:
-    """Greedy packing in the given order (one example per sequence when ``packing`` is False)."""
+    """Pack examples into sequences of ``max_seq_len`` tokens (first-fit decreasing, so few pad
+    tokens are left); one example per sequence when ``packing`` is False. Sequence order is not
+    meaningful: training visits sequences in a fresh random order every epoch."""
     if any(e.length > max_seq_len for e in examples):
         raise ValueError("drop_too_long first")
-    bins: list[list[TokenizedExample]] = []
-    used = 0
-    for example in examples:
-        if not bins or not packing or used + example.length > max_seq_len:
-            bins.append([])
-            used = 0
-        bins[-1].append(example)
-        used += example.length
+    if packing:
+        bins = [[examples[i] for i in members] for members in first_fit_decreasing([e.length for e in examples], max_seq_len)]
+    else:
+        bins = [[e] for e in examples]
     n = len(bins)
     tokens = np.full((n, max_seq_len), pad_id, dtype=np.int32)
     loss_mask = np.zeros((n, max_seq_len), dtype=np.int32)

@@ -136,9 +136,10 @@ def load_model(config: TrainConfig, converter, trainer):
 
     from pipelines.levanter_compat import count_lora_modules, loraize_from_base
 
-    lev_config = converter.default_config
-    if config.gradient_checkpointing is not None and hasattr(lev_config, "gradient_checkpointing"):
-        lev_config = dataclasses.replace(lev_config, gradient_checkpointing=config.gradient_checkpointing)
+    try:
+        lev_config = config.compute.apply(converter.default_config)
+    except ValueError as err:
+        raise UserError(f"compute: {err}") from err
     model = converter.load_pretrained(
         lev_config.model_type, config=lev_config, axis_mapping=trainer.parameter_axis_mapping, dtype=trainer.mp.param_dtype
     )

@@ -59,16 +59,25 @@ def check_sequence(tokens, mask, segments, examples):
     assert all(t == PAD for t in tokens[offset:]) and not mask[offset:].any()
 
 
+def members_of(row_tokens, row_segments, examples):
+    """The examples packed in one sequence, in their order there (matched by their tokens)."""
+    by_tokens = {e.prompt + e.completion: e for e in examples}
+    found = []
+    for segment in sorted(set(row_segments) - {-1}):
+        found.append(by_tokens[tuple(int(t) for t in row_tokens[row_segments == segment])])
+    return found
+
+
 def test_packed_mask_trains_first_completion_token_and_eos_only(tokenizer, rows):
     examples = tokenize_rows(rows, tokenizer, EOS)
     packed = pack(examples, 256, PAD)
     assert len(packed) < len(examples), "several examples share a sequence"
-    i = 0
+    seen = []
     for row in range(len(packed)):
-        members = sorted(set(packed.segment_ids_NxL[row]) - {-1})
-        check_sequence(packed.tokens_NxL[row], packed.loss_mask_NxL[row], packed.segment_ids_NxL[row], examples[i : i + len(members)])
-        i += len(members)
-    assert i == len(examples)
+        members = members_of(packed.tokens_NxL[row], packed.segment_ids_NxL[row], examples)
+        check_sequence(packed.tokens_NxL[row], packed.loss_mask_NxL[row], packed.segment_ids_NxL[row], members)
+        seen += [m.id for m in members]
+    assert sorted(seen) == sorted(e.id for e in examples), "every example packed exactly once"
     fraction = packed.loss_mask_NxL.sum() / packed.tokens_NxL.size
     assert 0.05 < fraction < 0.9, "mask neither empty nor full"
 
@@ -92,6 +101,15 @@ def test_batches_reaching_the_model_keep_the_mask(tokenizer, rows):
         segment_ids = lm.attn_mask.segment_ids
         for ids in segment_ids if isinstance(segment_ids, tuple) else (segment_ids,):  # (query, key) ids
             np.testing.assert_array_equal(np.asarray(ids.array), packed.segment_ids_NxL[row])
+
+
+def test_first_fit_decreasing_leaves_little_padding():
+    from pipelines.data import first_fit_decreasing
+
+    bins = first_fit_decreasing([60, 50, 40, 30, 20, 10, 90], 100)
+    assert sorted(i for b in bins for i in b) == list(range(7))
+    assert len(bins) == 3  # 300 tokens in 3 bins of 100
+    assert all(sum([60, 50, 40, 30, 20, 10, 90][i] for i in b) <= 100 for b in bins)
 
 
 def test_unpacked_is_one_example_per_sequence(tokenizer, rows):
