@@ -1,7 +1,7 @@
 """The one config of ``parsetune train``, parsed from YAML (and ``--dotted.overrides``) by draccus.
 
 ```yaml
-model: models/smollm2-135m-instruct      # local HF checkpoint dir (or gs://)
+model: models/smollm2-135m-instruct      # HF checkpoint: local dir, gs://, or hub id (org/name)
 method: {type: lora, r: 8, alpha: 16}    # or {type: full}
 data: {train: data/viggo/train.jsonl, validation: data/viggo/validation.jsonl, max_seq_len: 256}
 epochs: 2                                # or trainer.num_train_steps
@@ -120,7 +120,7 @@ class EvalSection:
 
 @dataclass
 class TrainConfig:
-    model: str = "models/smollm2-135m-instruct"
+    model: str = "models/smollm2-135m-instruct"  # HF checkpoint: local dir, gs://bucket/path, or hub id
     method: MethodConfig = field(default_factory=LoraMethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -75,7 +75,9 @@ def prep_data(config: TrainConfig, prep_dir: str) -> None:
 
 
 def ensure_base_model(config: TrainConfig) -> None:
-    if storage.is_gcs(config.model) or storage.exists(storage.join(config.model, "config.json")):
+    from pipelines.levanter_compat import is_hub_id
+
+    if storage.is_gcs(config.model) or is_hub_id(config.model) or storage.exists(storage.join(config.model, "config.json")):
         print(f"   {config.model} is ready; skipping", file=sys.stderr)
         return
     if not config.prep.base_model:

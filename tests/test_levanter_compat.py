@@ -88,3 +88,14 @@ def test_upstream_peft_prefix_is_gpt2s():
 def test_peft_prefix_for_llama():
     assert peft_prefix("llama") == "base_model.model"
     assert peft_prefix("gpt2") == "base_model.model.transformer"
+
+
+def test_hub_ids_are_read_from_the_hub_with_a_clear_error_offline(monkeypatch, tmp_path):
+    from parsetune.errors import UserError
+    from pipelines.levanter_compat import is_hub_id, read_hf_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    assert is_hub_id("meta-llama/Llama-2-7b-hf") and not is_hub_id("gs://b/m") and not is_hub_id(str(tmp_path))
+    with pytest.raises(UserError, match="cannot read its config from the Hugging Face hub"):
+        read_hf_config("meta-llama/Llama-2-7b-hf")
