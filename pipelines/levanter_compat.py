@@ -10,6 +10,9 @@ when an upgrade makes a fix unnecessary).
 3. ``merge_lora``: ``LoraLinear.merge`` returns the merged weight with its axes flipped
    (``In, Out`` instead of the wrapped layer's order), so merged HF exports come out transposed.
    We keep the wrapped weight's axis order.
+5. ``converter_for_checkpoint`` also makes local paths absolute: Levanter treats a relative path
+   that looks like ``org/name`` (``models/smollm2``) as a hub repo id first and spends ~1 minute
+   in network retries before it reads the local files.
 4. ``peft_prefix``: ``save_peft_pretrained`` defaults to GPT-2's key prefix
    (``base_model.model.transformer``); PEFT loads a Llama adapter saved that way as a silent no-op.
 """
@@ -65,6 +68,8 @@ def read_hf_config(model_dir: str) -> dict:
 
 def converter_for_checkpoint(model_dir: str) -> HFCheckpointConverter:
     """An HF<->Levanter converter for a local (or gs://) checkpoint, without touching the hub."""
+    if not storage.is_gcs(model_dir) and os.path.isdir(model_dir):
+        model_dir = os.path.abspath(model_dir)
     hf = read_hf_config(model_dir)
     model_type = hf.get("model_type")
     classes = levanter_config_classes()

@@ -99,3 +99,11 @@ def test_hub_ids_are_read_from_the_hub_with_a_clear_error_offline(monkeypatch, t
     assert is_hub_id("meta-llama/Llama-2-7b-hf") and not is_hub_id("gs://b/m") and not is_hub_id(str(tmp_path))
     with pytest.raises(UserError, match="cannot read its config from the Hugging Face hub"):
         read_hf_config("meta-llama/Llama-2-7b-hf")
+
+
+def test_relative_local_paths_are_made_absolute(tiny_model_dir, monkeypatch):
+    """`models/x` looks like a hub id to Levanter's loader; an absolute path never does."""
+    monkeypatch.chdir(tiny_model_dir.parent.parent)
+    relative = f"{tiny_model_dir.parent.name}/{tiny_model_dir.name}"
+    converter = converter_for_checkpoint(relative)
+    assert converter.reference_checkpoint.model_name_or_path == str(tiny_model_dir)
