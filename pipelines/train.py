@@ -132,7 +132,7 @@ def eval_batches(packed: PackedSequences, batch_size: int, Pos: hax.Axis, Batch:
 
 def load_model(config: TrainConfig, converter, trainer):
     """The base HF model in Levanter form, loraized (B = 0) for LoRA; plus the trainable filter."""
-    from levanter.lora import LoraConfig, lora_trainable_params_filter
+    from levanter.lora import lora_trainable_params_filter
 
     from pipelines.levanter_compat import count_lora_modules, loraize_from_base
 
@@ -145,12 +145,11 @@ def load_model(config: TrainConfig, converter, trainer):
     )
     if isinstance(config.method, FullConfig):
         return model, True
-    method: LoraMethodConfig = config.method
-    lora = LoraConfig(target_modules=method.target_modules, r=method.r, alpha=method.alpha, dropout=method.dropout)
+    lora = lora_config_of(config.method)
     key = jax.random.PRNGKey(config.trainer.seed + 1)
     model = hax.named_jit(lambda m: loraize_from_base(m, lora, key), axis_resources=trainer.parameter_axis_mapping)(model)
     if count_lora_modules(model) == 0:
-        raise UserError(f"method.target_modules {method.target_modules!r} matches no linear layer of {config.model}")
+        raise UserError(f"method.target_modules {config.method.target_modules!r} matches no linear layer of {config.model}")
     return model, lora_trainable_params_filter(model)
 
 
