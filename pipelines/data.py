@@ -15,12 +15,10 @@ This replaces Levanter's ``supervised`` format, whose mask is off by one in the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
-from parsetune import storage
 from parsetune.errors import UserError
 
 
@@ -65,14 +63,10 @@ class LengthReport:
 
 def read_prepared(path: str) -> list[dict]:
     """Rows of a prepared JSONL file (``id``, ``input``, ``output``), with file:line errors."""
+    from prep.readers import read_jsonl_rows
+
     rows = []
-    for number, line in enumerate(storage.read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: malformed JSON: {err.msg}") from err
+    for number, row in read_jsonl_rows(path):
         for field in ("id", "input", "output"):
             if not isinstance(row.get(field), str):
                 raise UserError(f"{path}:{number}: field '{field}' missing or not a string (is this `parsetune prep` output?)")
