@@ -1,7 +1,7 @@
 """Examples/s of `parsetune eval generate` (JAX) with and without --constrain viggo vs HF generate.
 
-    PYTHONPATH=. python bench/generate_bench.py --model /tmp/models/smollm2 \
-        --data /tmp/d1/validation.jsonl --limit 64 --batch-size 8 --max-new-tokens 64 --out /tmp/bench
+    PYTHONPATH=. python bench/generate_bench.py --model models/smollm2-135m-instruct \
+        --data runs/smollm2-lora/prep/validation.jsonl --limit 64 --batch-size 8 --max-new-tokens 64 --out /tmp/bench
 
 Each JAX run includes its compile time (as a user would see it). HF: transformers
 ``generate(do_sample=False)``, left padding, the same batches (prompts sorted by length).

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import ASSETS, REPO
 from eval.viggo_mr import parse_mr
 
 
@@ -61,7 +62,7 @@ def test_viggo_grammar_accepts_every_bundled_validation_mr(tiny):
 
     tokenizer = tiny[0]
     matcher = _matcher(tokenizer, llguidance.LLMatcher.grammar_from_lark(viggo_lark()))
-    for line in open("/work/wt-gen/prep/data/viggo/validation.jsonl"):
+    for line in open(REPO / "prep" / "data" / "viggo" / "validation.jsonl"):
         mr = json.loads(line)["meaning_representation"]
         matcher.reset()
         ids = tokenizer(mr, add_special_tokens=False)["input_ids"]
@@ -121,7 +122,7 @@ def test_generate_constrained_end_to_end_valid_rate_one(tiny_model_dir, tmp_path
     from eval.generate import generate_predictions
     from eval.score import score_predictions
 
-    rows = [json.loads(line) for line in open("/work/wt-gen/tests/assets/viggo_validation_50.jsonl")][:8]
+    rows = [json.loads(line) for line in open(ASSETS / "viggo_validation_50.jsonl")][:8]
     data = tmp_path / "v.jsonl"
     data.write_text(
         "".join(

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import ASSETS, run_cli
 
 PROMPTS = [
     "Sentence: BioShock is great",
@@ -111,7 +111,7 @@ def test_eos_stops_rows_and_matches_hf(tiny_model_dir, tmp_path, hf):
 
 
 def _write_split(path, n=6):
-    rows = [json.loads(line) for line in open("/work/wt-gen/tests/assets/viggo_validation_50.jsonl")][:n]
+    rows = [json.loads(line) for line in open(ASSETS / "viggo_validation_50.jsonl")][:n]
     with open(path, "w") as f:
         for i, r in enumerate(rows):
             prompt = "Sentence: " + r["target"][: 20 + 15 * i] + "\nMeaning representation:\n"
