@@ -35,18 +35,12 @@ class GenerateStats:
 
 def read_prompts(path: str, limit: int | None = None) -> list[PromptRecord]:
     """Read prepared data; ``UserError`` naming ``file:line`` for any bad line, duplicate id or no rows."""
+    from prep.readers import read_jsonl_rows
+
     records: list[PromptRecord] = []
     seen: dict[str, int] = {}
-    for line_no, raw in enumerate(storage.read_text(path).split("\n"), start=1):
-        if not raw.strip():
-            continue
+    for line_no, row in read_jsonl_rows(path):
         where = f"{path}:{line_no}"
-        try:
-            row = json.loads(raw)
-        except ValueError as err:
-            raise UserError(f"{where}: malformed JSON ({err})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
         for key in ("id", "input", "output"):
             if key not in row:
                 raise UserError(f"{where}: missing {key!r}")

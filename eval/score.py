@@ -60,19 +60,12 @@ def _check_reference(path: str, line: int, reference: Any, task: str) -> Any:
 def read_predictions(path: str, task: str = "viggo") -> list[PredictionRecord]:
     """Read and validate a predictions JSONL file; ``UserError`` naming ``file:line`` on any
     malformed line, missing or mistyped field, invalid reference, duplicate id, or no rows."""
-    text = storage.read_text(path)
+    from prep.readers import read_jsonl_rows
+
     records: list[PredictionRecord] = []
     first_line: dict[str, int] = {}
-    for line_no, raw in enumerate(text.split("\n"), start=1):
-        if not raw.strip():
-            continue
+    for line_no, row in read_jsonl_rows(path):
         where = f"{path}:{line_no}"
-        try:
-            row = json.loads(raw)
-        except ValueError as exc:
-            raise UserError(f"{where}: malformed JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
         for key in ("id", "reference", "prediction"):
             if key not in row:
                 raise UserError(f"{where}: missing {key!r}")

@@ -13,7 +13,9 @@ from parsetune.errors import UserError
 def read_jsonl_rows(path: str) -> list[tuple[int, dict]]:
     """Return ``(line_number, object)`` for each non-blank line; each line must be a JSON object."""
     rows = []
-    for number, line in enumerate(storage.read_text(path).splitlines(), start=1):
+    # split on "\n" only: str.splitlines() would also break lines at U+2028/U+0085, which JSON
+    # written with ensure_ascii=False may hold inside strings
+    for number, line in enumerate(storage.read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:

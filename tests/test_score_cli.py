@@ -196,3 +196,11 @@ def test_write_failure_removes_what_was_written(tmp_path: Path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         score_predictions(str(preds), str(out))
     assert list(out.iterdir()) == []
+
+
+def test_line_separator_characters_inside_strings_do_not_split_lines(tmp_path: Path):
+    """JSON written with ensure_ascii=False keeps U+2028 raw; it must not end a JSONL line."""
+    row = {"id": "a", "input": "x\u2028y", "reference": "inform(name[X])", "prediction": "inform(name[X])"}
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert score_predictions(str(path), str(tmp_path / "o"))["n"] == 1
