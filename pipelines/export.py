@@ -17,7 +17,7 @@ import tempfile
 from levanter.lora import LoraConfig, save_peft_pretrained
 
 from parsetune import storage
-from pipelines.levanter_compat import merge_lora, peft_prefix, read_hf_config
+from pipelines.levanter_compat import merge_lora, peft_prefix, read_hf_config, restack_layers
 
 EXPORT_MARKER = "parsetune_export.json"
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -75,6 +75,7 @@ def _staging_dir(out_dir: str) -> str:
 
 def export_merged_hf(model, converter, base_model_dir: str, out_dir: str, marker: dict, is_lora: bool) -> None:
     """Write the (LoRA-merged) model as an HF checkpoint at ``out_dir``."""
+    model = restack_layers(model)
     merged = merge_lora(model) if is_lora else model
     staging = _staging_dir(out_dir)
     try:
@@ -89,7 +90,7 @@ def export_peft_adapter(model, lora: LoraConfig, base_model_dir: str, model_type
     """Write the LoRA weights as a PEFT adapter (loadable with ``PeftModel.from_pretrained``)."""
     staging = _staging_dir(out_dir)
     try:
-        save_peft_pretrained(model, lora, base_model_dir, staging, tokenizer, prefix=peft_prefix(model_type))
+        save_peft_pretrained(restack_layers(model), lora, base_model_dir, staging, tokenizer, prefix=peft_prefix(model_type))
         for name in DROP_FILES:
             if os.path.exists(os.path.join(staging, name)):
                 os.unlink(os.path.join(staging, name))

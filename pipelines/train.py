@@ -134,15 +134,20 @@ def load_model(config: TrainConfig, converter, trainer):
     """The base HF model in Levanter form, loraized (B = 0) for LoRA; plus the trainable filter."""
     from levanter.lora import lora_trainable_params_filter
 
-    from pipelines.levanter_compat import count_lora_modules, loraize_from_base
+    from pipelines.levanter_compat import count_lora_modules, loraize_from_base, unroll_layers
 
     try:
         lev_config = config.compute.apply(converter.default_config)
     except ValueError as err:
         raise UserError(f"compute: {err}") from err
+    unrolled = getattr(lev_config, "scan_layers", True) is False
+    if unrolled:  # Levanter cannot load unrolled layers itself (see levanter_compat)
+        lev_config = dataclasses.replace(lev_config, scan_layers=True)
     model = converter.load_pretrained(
         lev_config.model_type, config=lev_config, axis_mapping=trainer.parameter_axis_mapping, dtype=trainer.mp.param_dtype
     )
+    if unrolled:
+        model = unroll_layers(model)
     if isinstance(config.method, FullConfig):
         return model, True
     lora = lora_config_of(config.method)
@@ -177,12 +182,12 @@ def export_run(config: TrainConfig, model, converter, step: int) -> None:
 def train(config: TrainConfig) -> TrainResult:
     import levanter
     from levanter.callbacks import log_step_info
-    from levanter.models.lm_model import compute_next_token_loss
     from levanter.trainer import Trainer
 
     from pipelines.hooks import KILL_AFTER_STEP_ENV, CheckpointHook, EvalLoss, KillAfterStep, MetricsLog, StepLogger
     from pipelines.levanter_compat import converter_for_checkpoint
     from pipelines.lm_dataset import PackedLmDataset
+    from pipelines.loss import rows_need, training_loss
 
     check_inputs(config)
     converter = converter_for_checkpoint(config.model)
@@ -197,7 +202,8 @@ def train(config: TrainConfig) -> TrainResult:
     levanter.initialize(config)
     quiet_library_logs()
     optimizer = config.optimizer.build(config.trainer.num_train_steps)
-    with Trainer(config.trainer, optimizer, loss_fn=compute_next_token_loss, add_default_hooks=False) as trainer:
+    loss_fn = training_loss(rows_need(prepared.train.loss_mask_NxL))
+    with Trainer(config.trainer, optimizer, loss_fn=loss_fn, add_default_hooks=False) as trainer:
         model, is_trainable = load_model(config, converter, trainer)
         state = trainer.initial_state(jax.random.PRNGKey(config.trainer.seed), model=model, is_trainable=is_trainable)
         start = int(state.step)

@@ -13,7 +13,9 @@ from levanter.layers.attention import AttentionMask
 from levanter.lora import DEFAULT_DICT_PREFIX, LoraConfig, loraize, merge_lora_modules
 
 from pipelines.config import DEFAULT_LORA_TARGETS
-from pipelines.levanter_compat import converter_for_checkpoint, count_lora_modules, loraize_from_base, merge_lora, peft_prefix
+from pipelines.levanter_compat import (
+    converter_for_checkpoint, count_lora_modules, loraize_from_base, merge_lora, peft_prefix, restack_layers, unroll_layers,
+)
 
 LORA = LoraConfig(target_modules=DEFAULT_LORA_TARGETS, r=4, alpha=8)
 
@@ -107,3 +109,30 @@ def test_relative_local_paths_are_made_absolute(tiny_model_dir, monkeypatch):
     relative = f"{tiny_model_dir.parent.name}/{tiny_model_dir.name}"
     converter = converter_for_checkpoint(relative)
     assert converter.reference_checkpoint.model_name_or_path == str(tiny_model_dir)
+
+
+def test_upstream_cannot_load_unrolled_layers(tiny_model_dir):
+    import dataclasses
+
+    converter = converter_for_checkpoint(str(tiny_model_dir))
+    config = dataclasses.replace(converter.default_config, scan_layers=False)
+    with pytest.raises(AttributeError, match="from_state_dict"):
+        converter.load_pretrained(config.model_type, config=config, dtype=jnp.float32)
+
+
+def test_unrolled_layers_compute_the_same_and_restack_exactly(base):
+    from haliax.nn.scan import BlockSeq, Stacked
+
+    unrolled = unroll_layers(base)
+    assert isinstance(unrolled.transformer.layers, BlockSeq) and len(unrolled.transformer.layers.blocks) == base.config.num_layers
+    assert jnp.max(jnp.abs(logits(unrolled) - logits(base))) < 1e-5
+    back = restack_layers(unrolled)
+    assert isinstance(back.transformer.layers, Stacked)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(base)
+    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(base)):
+        assert jnp.array_equal(a.array if hasattr(a, "array") else a, b.array if hasattr(b, "array") else b)
+    # LoRA on unrolled layers restacks to the stacked LoRA layout (what merge and PEFT export read)
+    lora = restack_layers(loraize_from_base(unrolled, LORA, key=jax.random.PRNGKey(0)))
+    stacked_lora = loraize_from_base(base, LORA, key=jax.random.PRNGKey(0))
+    assert jax.tree_util.tree_structure(lora) == jax.tree_util.tree_structure(stacked_lora)
+    assert lora.transformer.layers.stacked.mlp.up_proj.lora.lora_B.weight.axes == stacked_lora.transformer.layers.stacked.mlp.up_proj.lora.lora_B.weight.axes

@@ -33,7 +33,9 @@ def _run(tmp_path_factory, tiny_model_dir, tiny_data, name, method, **overrides)
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_model_dir, tiny_data):
-    return _run(tmp_path_factory, tiny_model_dir, tiny_data, "lora", {"type": "lora", "r": 4, "alpha": 8})
+    # the CPU configs' compute settings (unrolled layers, no remat); full_run keeps Levanter's defaults
+    return _run(tmp_path_factory, tiny_model_dir, tiny_data, "lora", {"type": "lora", "r": 4, "alpha": 8},
+                **{"compute.scan_layers": "false", "compute.gradient_checkpointing": "false"})
 
 
 @pytest.fixture(scope="module")
