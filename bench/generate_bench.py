@@ -1,10 +1,11 @@
 """Examples/s of `parsetune eval generate` (JAX) with and without --constrain viggo vs HF generate.
 
     PYTHONPATH=. python bench/generate_bench.py --model models/smollm2-135m-instruct \
-        --data runs/smollm2-lora/prep/validation.jsonl --limit 64 --batch-size 8 --max-new-tokens 64 --out /tmp/bench
+        --data runs/smollm2-lora/prep/validation.jsonl --limit 128 --batch-size 8 --max-new-tokens 64 --out /tmp/bench
 
 Each JAX run includes its compile time (as a user would see it). HF: transformers
-``generate(do_sample=False)``, left padding, the same batches (prompts sorted by length).
+``generate(do_sample=False)``, left padding, the same batches (prompts sorted by length); with
+``viggo``, HF gets the same llguidance constraint through a ``LogitsProcessor``.
 Also reports how many predictions are identical between JAX (unconstrained) and HF.
 
 The machine may be shared: with ``--interleave`` each batch is decoded by JAX and then by HF
@@ -19,24 +20,61 @@ import os
 import time
 
 
-def hf_generate(model_dir, data, limit, batch_size, max_new_tokens):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class GrammarLogitsProcessor:
+    """transformers ``LogitsProcessor`` applying our llguidance constraint (``eval.constrained``: the
+    same grammar, masks and closing rule as ``eval generate --constrain``) to HF ``generate``."""
 
+    def __init__(self, constraint, prompt_width: int, max_new_tokens: int, eos_ids):
+        self.constraint, self.prompt_width, self.max_new_tokens, self.eos_ids = constraint, prompt_width, max_new_tokens, set(eos_ids)
+
+    def __call__(self, input_ids, scores):
+        import numpy as np
+        import torch
+
+        rows, step = input_ids.shape[0], input_ids.shape[1] - self.prompt_width
+        if step == 0:
+            self.constraint.start(rows)
+            self.done = [False] * rows
+        else:
+            for row, token in enumerate(input_ids[:, -1].tolist()):
+                if not self.done[row]:
+                    if token in self.eos_ids:
+                        self.done[row] = True
+                    else:
+                        self.constraint.consume(row, token)
+        vocab = scores.shape[1]
+        bitmask = np.zeros((rows, (vocab + 31) // 32), np.int32)
+        self.constraint.fill_masks(bitmask, [not d for d in self.done], self.max_new_tokens - step)
+        allowed = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, :vocab].astype(bool)
+        allowed[self.done] = True  # finished rows are padded by generate anyway
+        return scores.masked_fill(~torch.from_numpy(allowed), float("-inf"))
+
+
+def hf_generate(model_dir, data, limit, batch_size, max_new_tokens, constrain=None):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+
+    from eval.constrained import build_constraint
     from eval.generate import read_prompts
 
     records = read_prompts(data, limit)
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    eos_ids = [tok.eos_token_id]
+    constraint = build_constraint(constrain, tok, model.config.vocab_size, eos_ids) if constrain else None
     order = sorted(range(len(records)), key=lambda i: len(tok(records[i].input)["input_ids"]))
     preds = [None] * len(records)
     start = time.perf_counter()
     for first in range(0, len(order), batch_size):
         rows = order[first : first + batch_size]
         enc = tok([records[i].input for i in rows], return_tensors="pt", padding=True)
+        processors = LogitsProcessorList(
+            [GrammarLogitsProcessor(constraint, enc["input_ids"].shape[1], max_new_tokens, eos_ids)] if constraint else []
+        )
         with torch.no_grad():
-            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=eos_ids, logits_processor=processors)
         for i, seq in zip(rows, out[:, enc["input_ids"].shape[1] :]):
             preds[i] = tok.decode(seq, skip_special_tokens=True).strip()
     return preds, time.perf_counter() - start
@@ -93,7 +131,7 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--limit", type=int, default=64)
+    ap.add_argument("--limit", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--skip-hf", action="store_true")
@@ -117,12 +155,15 @@ def main() -> None:
                          "overall": metrics["overall_accuracy"], "valid_rate": metrics["valid_rate"]}
         print(label, report[label], flush=True)
     if not args.skip_hf:
-        preds, seconds = hf_generate(args.model, args.data, args.limit, args.batch_size, args.max_new_tokens)
-        jax_preds = [json.loads(l)["prediction"] for l in open(os.path.join(args.out, "jax.jsonl"))]
-        report["hf"] = {"examples_per_second": len(preds) / seconds, "seconds": seconds,
-                        "identical_to_jax": sum(a == b for a, b in zip(preds, jax_preds)), "n": len(preds)}
-        print("hf", report["hf"], flush=True)
+        for label, constrain in (("hf", None), ("hf_viggo", "viggo")):
+            preds, seconds = hf_generate(args.model, args.data, args.limit, args.batch_size, args.max_new_tokens, constrain)
+            jax_label = "jax" if constrain is None else "jax_viggo"
+            jax_preds = [json.loads(l)["prediction"] for l in open(os.path.join(args.out, f"{jax_label}.jsonl"))]
+            report[label] = {"examples_per_second": len(preds) / seconds, "seconds": seconds,
+                             "identical_to_jax": sum(a == b for a, b in zip(preds, jax_preds)), "n": len(preds)}
+            print(label, report[label], flush=True)
         report["speedup_jax_vs_hf"] = report["jax"]["examples_per_second"] / report["hf"]["examples_per_second"]
+        report["speedup_jax_vs_hf_constrained"] = report["jax_viggo"]["examples_per_second"] / report["hf_viggo"]["examples_per_second"]
     print(json.dumps(report, indent=2))
 
 
