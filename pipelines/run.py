@@ -74,14 +74,27 @@ def prep_data(config: TrainConfig, prep_dir: str) -> None:
         print(f"   {s.split}: {s.rows} rows", file=sys.stderr)
 
 
-def ensure_base_model(config: TrainConfig) -> None:
+def base_model_action(model: str, base_model: str | None) -> str:
+    """What step 1 does for ``model``: ``ready`` (an HF checkpoint is there, on gs://, or a hub id with
+    nothing to fetch) or ``fetch`` (``prep.base_model`` is fetched into ``model``).
+
+    A missing local path is fetched whenever ``prep.base_model`` is set, even if it looks like a hub
+    id (``models/smollm2-135m-instruct`` is both)."""
     from pipelines.levanter_compat import is_hub_id
 
-    if storage.is_gcs(config.model) or is_hub_id(config.model) or storage.exists(storage.join(config.model, "config.json")):
+    if storage.is_gcs(model) or storage.exists(storage.join(model, "config.json")):
+        return "ready"
+    if base_model:
+        return "fetch"
+    if is_hub_id(model):
+        return "ready"
+    raise UserError(f"{model}: no HF checkpoint there and prep.base_model is not set")
+
+
+def ensure_base_model(config: TrainConfig) -> None:
+    if base_model_action(config.model, config.prep.base_model) == "ready":
         print(f"   {config.model} is ready; skipping", file=sys.stderr)
         return
-    if not config.prep.base_model:
-        raise UserError(f"{config.model}: no HF checkpoint there and prep.base_model is not set")
     from prep.base_model import prepare_base_model
 
     prepare_base_model(config.prep.base_model, config.model, log=lambda m: print(f"   {m}", file=sys.stderr))
