@@ -74,6 +74,12 @@ def torch_worker(args) -> dict:
 def parsetune_worker(args) -> dict:
     from pipelines.train import parse_config, train
 
+    if args.levanter_loss:  # A/B: Levanter's full-vocabulary loss instead of pipelines/loss.py
+        import pipelines.loss
+        from levanter.models.lm_model import compute_next_token_loss
+
+        pipelines.loss.training_loss = lambda positions_per_row: compute_next_token_loss
+
     run_dir = tempfile.mkdtemp(prefix="bench-parsetune-")
     method = ["--method.r", str(args.r), "--method.alpha", str(args.alpha), "--method.target_modules", LEVANTER_TARGETS] if args.method == "lora" else []
     overrides = [
@@ -95,6 +101,8 @@ def measure(stack: str, method: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", stack, "--method", method, "--model", args.model, "--data", args.data,
                "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq), "--warmup", str(args.warmup),
                "--r", str(args.r), "--alpha", str(args.alpha)]
+    if args.levanter_loss:
+        command += ["--levanter-loss"]
     if args.parsetune_args:
         command += ["--parsetune-args", *args.parsetune_args]
     start = time.monotonic()
@@ -121,6 +129,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=16)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--stacks", default="torch,parsetune", help="which stacks to measure")
+    parser.add_argument("--levanter-loss", action="store_true", help="parsetune with Levanter's stock loss (A/B of pipelines/loss.py)")
     parser.add_argument("--parsetune-args", nargs=argparse.REMAINDER, default=[], help="extra `parsetune train` overrides")
     parser.add_argument("--worker", choices=["torch", "parsetune"], help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=["lora", "full"], help=argparse.SUPPRESS)
