@@ -70,7 +70,7 @@ class ComputeConfig:
 
     gradient_checkpointing: Optional[bool] = None  # recompute each layer in the backward pass (Levanter: on)
     attn_backend: Optional[str] = None  # vanilla | jax_flash | splash | default (Levanter on CPU: jax_flash)
-    scan_layers: Optional[bool] = None  # one scanned layer body (Levanter: on) or unrolled layers
+    scan_layers: Optional[bool] = None  # one scanned layer body (Levanter: on) or unrolled layers (loaded via levanter_compat)
 
     def apply(self, model_config):
         """The Levanter model config with these choices applied."""
