@@ -19,7 +19,7 @@ when an upgrade makes a fix unnecessary).
    a ``BlockSeq``, whose ``from_state_dict`` calls ``block.from_state_dict`` on layers that do not
    have it (``LlamaDecoderLayer``), so an unrolled model cannot be loaded from an HF checkpoint.
    We load the stacked model and split it into a ``BlockSeq``; exports stack it back.
-   (Unrolled layers train ~20% faster on XLA:CPU than the scanned ones; see docs/benchmarks.md.)
+   (Unrolled layers were no faster here and peaked at 17 GB; see docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -124,7 +124,6 @@ def peft_prefix(model_type: str) -> str:
 def count_lora_modules(model) -> int:
     leaves = jax.tree_util.tree_leaves(model, is_leaf=lambda n: isinstance(n, LoraLinear))
     return sum(isinstance(n, LoraLinear) for n in leaves)
-
 
 
 def unroll_layers(model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -74,3 +75,20 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@contextlib.contextmanager
+def levanter_model(model_dir: Path):
+    """A checkpoint loaded as a float32 Levanter model inside the default CPU trainer's mesh and
+    parameter axis mapping; yields ``(model, converter, trainer_config)``."""
+    import haliax as hax
+    import jax.numpy as jnp
+    from levanter.trainer import TrainerConfig
+
+    from pipelines.levanter_compat import converter_for_checkpoint
+
+    config = TrainerConfig(require_accelerator=False)
+    with hax.partitioning.set_mesh(config.device_mesh), hax.axis_mapping(config.parameter_axis_mapping):
+        converter = converter_for_checkpoint(str(model_dir))
+        model = converter.load_pretrained(converter.default_config.model_type, config=converter.default_config, dtype=jnp.float32)
+        yield model, converter, config

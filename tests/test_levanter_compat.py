@@ -12,6 +12,7 @@ import pytest
 from levanter.layers.attention import AttentionMask
 from levanter.lora import DEFAULT_DICT_PREFIX, LoraConfig, loraize, merge_lora_modules
 
+from conftest import levanter_model
 from pipelines.config import DEFAULT_LORA_TARGETS
 from pipelines.levanter_compat import (
     converter_for_checkpoint, count_lora_modules, loraize_from_base, merge_lora, peft_prefix, restack_layers, unroll_layers,
@@ -22,12 +23,7 @@ LORA = LoraConfig(target_modules=DEFAULT_LORA_TARGETS, r=4, alpha=8)
 
 @pytest.fixture(scope="module")
 def base(tiny_model_dir):
-    from levanter.trainer import TrainerConfig
-
-    config = TrainerConfig(require_accelerator=False)
-    with hax.partitioning.set_mesh(config.device_mesh), hax.axis_mapping(config.parameter_axis_mapping):
-        converter = converter_for_checkpoint(str(tiny_model_dir))
-        model = converter.load_pretrained(converter.default_config.model_type, config=converter.default_config, dtype=jnp.float32)
+    with levanter_model(tiny_model_dir) as (model, _, _):
         yield model
 
 

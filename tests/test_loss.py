@@ -13,10 +13,10 @@ import pytest
 from levanter.lora import LoraConfig
 from levanter.models.lm_model import compute_next_token_loss
 
-from conftest import ASSETS
+from conftest import ASSETS, levanter_model
 from pipelines.config import DEFAULT_LORA_TARGETS
 from pipelines.data import pack, tokenize_rows
-from pipelines.levanter_compat import converter_for_checkpoint, loraize_from_base
+from pipelines.levanter_compat import loraize_from_base
 from pipelines.lm_dataset import lm_example
 from pipelines.loss import loss_at_masked_positions, rows_need
 from prep.prompt import VIGGO_QUERY, PromptTemplate
@@ -24,12 +24,7 @@ from prep.prompt import VIGGO_QUERY, PromptTemplate
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir):
-    from levanter.trainer import TrainerConfig
-
-    config = TrainerConfig(require_accelerator=False)
-    with hax.partitioning.set_mesh(config.device_mesh), hax.axis_mapping(config.parameter_axis_mapping):
-        converter = converter_for_checkpoint(str(tiny_model_dir))
-        model = converter.load_pretrained(converter.default_config.model_type, config=converter.default_config, dtype=jnp.float32)
+    with levanter_model(tiny_model_dir) as (model, converter, config):
         template = PromptTemplate(instruction="", query=VIGGO_QUERY)
         src = [json.loads(line) for line in (ASSETS / "viggo_validation_50.jsonl").read_text().splitlines()][:20]
         rows = [{"id": r["gem_id"], "input": template.render(r["target"]), "output": r["meaning_representation"]} for r in src]
