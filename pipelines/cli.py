@@ -20,18 +20,73 @@ Config sections (see configs/viggo/*.yaml; every key can be overridden as --sect
   wandb_mode  offline (default; files under RUN_DIR/wandb), online, or disabled
 
 Rerunning the same command resumes from the last checkpoint in RUN_DIR/checkpoints.
+
+Several hosts: on a TPU slice every host runs the same command and JAX finds its peers itself.
+Elsewhere set trainer.distributed.{coordinator_address,num_processes,process_id} (or the
+PARSETUNE_COORDINATOR_ADDRESS / PARSETUNE_NUM_PROCESSES / PARSETUNE_PROCESS_ID environment
+variables) on each host, or try a pod on this machine with --hosts N. Only process 0 writes
+config.yaml, metrics.jsonl, W&B and the export; every host writes its own checkpoint shards.
 """
 
 
+def take_option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
+    """``--name VALUE`` or ``--name=VALUE`` anywhere in ``argv`` (overrides follow the config, so
+    argparse leaves them to us): its value and the rest of the arguments."""
+    rest, value, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == name:
+            if i + 1 >= len(argv):
+                from parsetune.errors import UserError
+
+                raise UserError(f"{name} needs a value")
+            value, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return value, rest
+
+
 def run_train(args) -> int:
+    from parsetune.errors import UserError
     from pipelines.train import parse_config, train
 
+    hosts, overrides = take_option(args.overrides, "--hosts")
+    if args.hosts is not None or hosts is not None:
+        try:
+            count = int(hosts if hosts is not None else args.hosts)
+        except ValueError:
+            raise UserError(f"--hosts {hosts}: expected a number of processes") from None
+        return run_train_pod(args.config, overrides, count)
+    from pipelines.distributed import fail_fast
+
     config = parse_config(args.config, args.overrides)
-    result = train(config)
+    with fail_fast("train"):
+        result = train(config)
     print(f"run dir: {result.run_dir}")
     print(f"steps: {result.steps}  final train loss: {result.final_train_loss}  final eval loss: {result.final_eval_loss}")
     if result.exported:
         print(f"merged HF checkpoint: {result.run_dir.rstrip('/')}/hf")
+    return 0
+
+
+def run_train_pod(config: str, overrides: list[str], hosts: int) -> int:
+    import sys
+
+    from parsetune.errors import UserError
+    from pipelines.pod import pod_failure, run_local_pod
+    from pipelines.train import parse_config
+
+    parse_config(config, overrides)  # a bad config fails here once, not in every host
+    print(f"[parsetune train] starting a simulated pod of {hosts} processes on 127.0.0.1", file=sys.stderr, flush=True)
+    exits = run_local_pod([sys.executable, "-m", "parsetune", "train", config, *overrides], hosts)
+    failure = pod_failure(exits)
+    if failure:
+        raise UserError(failure)
+    print(f"all {hosts} hosts finished")
     return 0
 
 
@@ -75,9 +130,16 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  parsetune train configs/viggo/smollm2_lora_cpu.yaml\n"
-        "  parsetune train configs/viggo/smollm2_lora_cpu.yaml --run_dir runs/try --trainer.num_train_steps 5",
+        "  parsetune train configs/viggo/smollm2_lora_cpu.yaml --run_dir runs/try --trainer.num_train_steps 5\n"
+        "  XLA_FLAGS=--xla_force_host_platform_device_count=3 parsetune train CONFIG --hosts 2 --trainer.model_axis_size 3",
     )
     train.add_argument("config", help="YAML config file (local or gs://)")
+    train.add_argument(
+        "--hosts", type=int, metavar="N",
+        help="run as a simulated N-host pod on this machine: N cooperating JAX processes (coordinator on 127.0.0.1, "
+        "gloo collectives), each with the devices XLA_FLAGS=--xla_force_host_platform_device_count=K gives it; "
+        "logs prefixed [host i]; one failing host stops them all. May also follow the config.",
+    )
     train.add_argument("overrides", nargs=argparse.REMAINDER, help="--dotted.key VALUE overrides")
     train.set_defaults(func=run_train)
 

@@ -15,8 +15,10 @@ import shutil
 import tempfile
 
 from levanter.lora import LoraConfig, save_peft_pretrained
+from levanter.utils.jax_utils import local_cpu_mesh
 
 from parsetune import storage
+from pipelines.distributed import host_local_copy, is_chief
 from pipelines.levanter_compat import merge_lora, peft_prefix, read_hf_config, restack_layers
 
 EXPORT_MARKER = "parsetune_export.json"
@@ -64,8 +66,9 @@ def publish(staging: str, out_dir: str, marker: dict) -> None:
     shutil.move(staging, out_dir)
 
 
-def _staging_dir(out_dir: str) -> str:
-    parent = os.path.dirname(os.path.abspath(out_dir)) if not storage.is_gcs(out_dir) else None
+def _staging_dir(out_dir: str | None) -> str:
+    """A private directory beside a local ``out_dir`` (one rename publishes it), else in /tmp."""
+    parent = os.path.dirname(os.path.abspath(out_dir)) if out_dir and not storage.is_gcs(out_dir) else None
     if parent:
         os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
@@ -74,12 +77,17 @@ def _staging_dir(out_dir: str) -> str:
 
 
 def export_merged_hf(model, converter, base_model_dir: str, out_dir: str, marker: dict, is_lora: bool) -> None:
-    """Write the (LoRA-merged) model as an HF checkpoint at ``out_dir``."""
+    """Write the (LoRA-merged) model as an HF checkpoint at ``out_dir``. Every host of a pod calls
+    this (the weights are gathered from all of them); only the chief writes."""
     model = restack_layers(model)
-    merged = merge_lora(model) if is_lora else model
-    staging = _staging_dir(out_dir)
+    merged = host_local_copy(merge_lora(model) if is_lora else model)
+    staging = _staging_dir(out_dir if is_chief() else None)
     try:
-        converter.save_pretrained(merged, staging, save_tokenizer=True, save_reference_code=False)
+        # every host takes part (Levanter's writer ends in a barrier); only the chief's staging is kept
+        with local_cpu_mesh():  # the arrays are host-local now, whatever mesh the trainer spans
+            converter.save_pretrained(merged, staging, save_tokenizer=True, save_reference_code=False)
+        if not is_chief():
+            return
         carry_over_base_files(staging, base_model_dir)
         publish(staging, out_dir, {"kind": "merged-hf", **marker})
     finally:
@@ -87,10 +95,15 @@ def export_merged_hf(model, converter, base_model_dir: str, out_dir: str, marker
 
 
 def export_peft_adapter(model, lora: LoraConfig, base_model_dir: str, model_type: str, tokenizer, out_dir: str, marker: dict) -> None:
-    """Write the LoRA weights as a PEFT adapter (loadable with ``PeftModel.from_pretrained``)."""
-    staging = _staging_dir(out_dir)
+    """Write the LoRA weights as a PEFT adapter (loadable with ``PeftModel.from_pretrained``).
+    Every host of a pod calls this; only the chief writes."""
+    model = host_local_copy(restack_layers(model))
+    staging = _staging_dir(out_dir if is_chief() else None)
     try:
-        save_peft_pretrained(restack_layers(model), lora, base_model_dir, staging, tokenizer, prefix=peft_prefix(model_type))
+        with local_cpu_mesh():
+            save_peft_pretrained(model, lora, base_model_dir, staging, tokenizer, prefix=peft_prefix(model_type))
+        if not is_chief():
+            return
         for name in DROP_FILES:
             if os.path.exists(os.path.join(staging, name)):
                 os.unlink(os.path.join(staging, name))

@@ -24,15 +24,16 @@ class MetricsLog:
     path: str
     flush_every: int = 1
     rows: list[dict] = field(default_factory=list)
+    writer: bool = True  # False on every host but the chief: rows are kept, never written
 
     @classmethod
-    def resume(cls, path: str, completed_steps: int, flush_every: int = 1) -> "MetricsLog":
+    def resume(cls, path: str, completed_steps: int, flush_every: int = 1, writer: bool = True) -> "MetricsLog":
         """Keep the rows of the steps already completed (a resumed run redoes the later steps)."""
         rows = []
         if completed_steps > 0 and storage.exists(path):
             rows = [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
             rows = [r for r in rows if r["step"] < completed_steps]
-        return cls(path, flush_every, rows)
+        return cls(path, flush_every, rows, writer)
 
     def add(self, row: dict, force_flush: bool = False) -> None:
         self.rows.append(row)
@@ -40,6 +41,8 @@ class MetricsLog:
             self.flush()
 
     def flush(self) -> None:
+        if not self.writer:
+            return
         storage.write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
 
@@ -49,11 +52,13 @@ class StepLogger:
     ``step`` is Levanter's 0-based step index (checkpoint ``step-N`` holds the state after step N).
     """
 
-    def __init__(self, log: MetricsLog, real_tokens_per_step: np.ndarray, total_steps: int, start_step: int):
+    def __init__(self, log: MetricsLog, real_tokens_per_step: np.ndarray, total_steps: int, start_step: int, show: bool = True):
         self.log = log
         self.real_tokens_per_step = real_tokens_per_step
         self.total_steps = total_steps
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total_steps, initial=start_step, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True, disable=not show
+        )
         self.last_step = start_step - 1
 
     def __call__(self, info) -> None:
@@ -88,8 +93,9 @@ class EvalLoss(Callback):
     """Completion-only loss on the validation sequences after every ``every`` completed steps and at the end.
     Register with ``add_hook(..., every=1)``: it decides itself when to run."""
 
-    def __init__(self, log: MetricsLog, batches: list, compute_axis_mapping, every: int):
+    def __init__(self, log: MetricsLog, batches: list, compute_axis_mapping, every: int, show: bool = True):
         self.log = log
+        self.show = show
         self.batches = batches
         self.every = max(1, every)
         self._fn = hax.named_jit(masked_mean_loss, axis_resources=compute_axis_mapping)
@@ -112,7 +118,8 @@ class EvalLoss(Callback):
         loss = self.evaluate(info.eval_model)
         self.log.add({"step": info.step, "eval_loss": loss}, force_flush=True)
         levanter.tracker.log({"eval/loss": loss}, step=info.step)
-        tqdm.write(f"after {info.next_step} steps: eval loss {loss:.4f}", file=sys.stderr)
+        if self.show:
+            tqdm.write(f"after {info.next_step} steps: eval loss {loss:.4f}", file=sys.stderr)
 
 
 class CheckpointHook(Callback):
@@ -133,6 +140,7 @@ class CheckpointHook(Callback):
 
 
 KILL_AFTER_STEP_ENV = "PARSETUNE_FAULT_KILL_AFTER_STEP"
+KILL_PROCESS_ENV = "PARSETUNE_FAULT_KILL_PROCESS"  # in a pod: only this process index is killed
 
 
 class KillAfterStep(Callback):
@@ -148,6 +156,11 @@ class KillAfterStep(Callback):
         import signal
 
         if info.step == self.step:
+            import jax
+
             self.checkpointer.wait_until_finished()
+            only = os.environ.get(KILL_PROCESS_ENV)
+            if only is not None and int(only) != jax.process_index():
+                return
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)

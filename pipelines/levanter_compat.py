@@ -20,6 +20,10 @@ when an upgrade makes a fix unnecessary).
    have it (``LlamaDecoderLayer``), so an unrolled model cannot be loaded from an HF checkpoint.
    We load the stacked model and split it into a ``BlockSeq``; exports stack it back.
    (Unrolled layers were no faster here and peaked at 17 GB; see docs/benchmarks.md.)
+7. ``tracker_for_host`` / ``join_tracker_broadcast``: on a multi-host run, ``WandbConfig.init``
+   runs W&B in ``offline`` mode on every host but process 0, so each host writes its own W&B run
+   (into the same run dir). We give those hosts a no-op tracker; since process 0's W&B init waits
+   at a broadcast that every host must join, the others join it once themselves.
 """
 
 from __future__ import annotations
@@ -151,3 +155,21 @@ def restack_layers(model):
     )
     restacked = Stacked(stacked, layers.Block, gradient_checkpointing=layers.gradient_checkpointing)
     return eqx.tree_at(lambda m: m.transformer.layers, model, restacked)
+
+
+def tracker_for_host(tracker):
+    """The tracker config this host should initialise: the run's own on process 0, a no-op elsewhere."""
+    import levanter.tracker
+
+    if jax.process_index() == 0:
+        return tracker
+    return levanter.tracker.NoopConfig()
+
+
+def join_tracker_broadcast(chief_tracker) -> None:
+    """On hosts other than process 0: join the one broadcast that process 0's W&B init performs."""
+    from levanter.tracker.wandb import WandbConfig
+    from levanter.utils.jax_utils import multihost_broadcast_sync
+
+    if jax.process_count() > 1 and jax.process_index() != 0 and isinstance(chief_tracker, WandbConfig):
+        multihost_broadcast_sync(None, is_source=False)

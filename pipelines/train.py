@@ -63,7 +63,7 @@ def tokenized_split(path: str, tokenizer, max_seq_len: int, split: str):
     return kept, report
 
 
-def prepare_data(config: TrainConfig, tokenizer) -> PreparedData:
+def prepare_data(config: TrainConfig, tokenizer, verbose: bool = True) -> PreparedData:
     data = config.data
     if tokenizer.eos_token_id is None:
         raise UserError(f"{config.model}: tokenizer has no EOS token")
@@ -81,11 +81,12 @@ def prepare_data(config: TrainConfig, tokenizer) -> PreparedData:
         num_steps = max(1, math.ceil(config.epochs * len(train_packed) / batch))
     else:
         num_steps = config.trainer.num_train_steps
-    say(
-        f"train: {train_packed.num_examples} examples in {len(train_packed)} sequences of {data.max_seq_len} tokens "
-        f"({train_packed.real_tokens_N.sum() / train_packed.tokens_NxL.size:.0%} real tokens); "
-        f"{num_steps} steps of {batch} = {num_steps * batch / len(train_packed):.2f} epochs"
-    )
+    if verbose:
+        say(
+            f"train: {train_packed.num_examples} examples in {len(train_packed)} sequences of {data.max_seq_len} tokens "
+            f"({train_packed.real_tokens_N.sum() / train_packed.tokens_NxL.size:.0%} real tokens); "
+            f"{num_steps} steps of {batch} = {num_steps * batch / len(train_packed):.2f} epochs"
+        )
     return PreparedData(train_packed, validation, report, num_steps)
 
 
@@ -170,7 +171,10 @@ def export_run(config: TrainConfig, model, converter, step: int) -> None:
 
     is_lora = isinstance(config.method, LoraMethodConfig)
     marker = {"completed_steps": step, "base_model": config.model, "method": "lora" if is_lora else "full"}
-    say(f"exporting merged HF checkpoint to {storage.join(config.run_dir, 'hf')}")
+    from pipelines.distributed import is_chief
+
+    if is_chief():
+        say(f"exporting merged HF checkpoint to {storage.join(config.run_dir, 'hf')}")
     export_merged_hf(model, converter, config.model, storage.join(config.run_dir, "hf"), marker, is_lora)
     if is_lora:
         model_type = read_hf_config(config.model)["model_type"]
@@ -189,39 +193,52 @@ def train(config: TrainConfig) -> TrainResult:
     from pipelines.lm_dataset import PackedLmDataset
     from pipelines.loss import rows_need, training_loss
 
+    from pipelines import distributed
+    from pipelines.levanter_compat import join_tracker_broadcast, tracker_for_host
+
+    config = dataclasses.replace(config, trainer=distributed.initialize(config.trainer))  # before any JAX backend use
+    chief = distributed.is_chief()
     check_inputs(config)
     converter = converter_for_checkpoint(config.model)
-    prepared = prepare_data(config, converter.tokenizer)
+    prepared = prepare_data(config, converter.tokenizer, verbose=chief)
     config = finalize_config(config, prepared.num_steps)
     if not storage.is_gcs(config.run_dir):
         os.makedirs(config.run_dir, exist_ok=True)
         os.environ.setdefault("WANDB_DIR", os.path.abspath(config.run_dir))
-    storage.write_text_atomic(storage.join(config.run_dir, "config.yaml"), draccus.dump(config))
+    if chief:
+        storage.write_text_atomic(storage.join(config.run_dir, "config.yaml"), draccus.dump(config))
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    levanter.initialize(config)
+    # One tracker run per training run, on one host (levanter_compat fix 7): Levanter would start it
+    # both in levanter.initialize and in Trainer(); only the Trainer's is kept.
+    host_trainer = dataclasses.replace(config.trainer, tracker=tracker_for_host(config.trainer.tracker))
+    levanter.initialize(dataclasses.replace(config, trainer=dataclasses.replace(host_trainer, tracker=levanter.tracker.NoopConfig())))
     quiet_library_logs()
     optimizer = config.optimizer.build(config.trainer.num_train_steps)
     loss_fn = training_loss(rows_need(prepared.train.loss_mask_NxL))
-    with Trainer(config.trainer, optimizer, loss_fn=loss_fn, add_default_hooks=False) as trainer:
+    with Trainer(host_trainer, optimizer, loss_fn=loss_fn, add_default_hooks=False) as trainer:
+        join_tracker_broadcast(config.trainer.tracker)
+        levanter.tracker.log_configuration(config)
         model, is_trainable = load_model(config, converter, trainer)
         state = trainer.initial_state(jax.random.PRNGKey(config.trainer.seed), model=model, is_trainable=is_trainable)
         start = int(state.step)
-        if start:
+        if start and chief:
             say(f"resumed from {config.trainer.checkpointer.base_path} at step {start}")
         Pos = hax.Axis("position", config.data.max_seq_len)
         batch = config.trainer.train_batch_size
         order = epoch_order(len(prepared.train), prepared.num_steps, batch, config.data.shuffle_seed)
         real_per_step = prepared.train.real_tokens_N[order].reshape(prepared.num_steps, batch).sum(axis=1)
 
-        log = MetricsLog.resume(storage.join(config.run_dir, "metrics.jsonl"), start, flush_every=1 if not storage.is_gcs(config.run_dir) else 10)
-        trainer.add_hook(StepLogger(log, real_per_step, prepared.num_steps, start), every=1)
+        log = MetricsLog.resume(
+            storage.join(config.run_dir, "metrics.jsonl"), start, flush_every=1 if not storage.is_gcs(config.run_dir) else 10, writer=chief
+        )
+        trainer.add_hook(StepLogger(log, real_per_step, prepared.num_steps, start, show=chief), every=1)
         trainer.add_hook(log_step_info(prepared.num_steps), every=1)
         checkpointer = config.trainer.checkpointer.create(trainer.run_id)
         trainer.add_hook(CheckpointHook(checkpointer, log), every=1)
         if prepared.validation is not None:
             batches = eval_batches(prepared.validation, batch, Pos, trainer.TrainBatch)
-            trainer.add_hook(EvalLoss(log, batches, trainer.compute_axis_mapping, config.trainer.steps_per_eval), every=1)
+            trainer.add_hook(EvalLoss(log, batches, trainer.compute_axis_mapping, config.trainer.steps_per_eval, show=chief), every=1)
 
         if os.environ.get(KILL_AFTER_STEP_ENV):
             trainer.add_hook(KillAfterStep(int(os.environ[KILL_AFTER_STEP_ENV]), checkpointer), every=1)
@@ -234,7 +251,8 @@ def train(config: TrainConfig) -> TrainResult:
         final_eval = next((r["eval_loss"] for r in reversed(log.rows) if "eval_loss" in r), None)
         if config.export:
             export_run(config, state.model, converter, int(state.step))
-    levanter.tracker.current_tracker().finish()
+            distributed.barrier("parsetune-export")
+    trainer.tracker.finish()
     return TrainResult(config.run_dir, int(state.step), final_train, final_eval, config.export)
 
 
