@@ -28,7 +28,7 @@ def test_config_parses_and_documents_its_launch(path: Path):
     if "tpu" in path.name:
         assert config.tpu and config.tpu["accelerator_type"]
         assert config.run_dir.startswith("gs://") and config.data.train.startswith("gs://")
-        assert config.trainer.tensor_parallel_axes == ["mlp", "heads"]
+        assert config.trainer.tensor_parallel_axes == ["mlp", "heads", "kv_head", "vocab"]
     else:
         assert config.trainer.require_accelerator is False
 
