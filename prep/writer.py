@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from parsetune import storage
 from parsetune.errors import UserError
 from prep.prompt import PromptTemplate
-from prep.records import PreparedRecord, SourceExample, records_to_jsonl
+from parsetune.records import PreparedRecord, records_to_jsonl
+from prep.records import SourceExample
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "parsetune.prepared/v1"

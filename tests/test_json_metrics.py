@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 from eval.json_metrics import (
     JsonMetrics,
     aggregate_json,
-    canonical_json,
     flatten,
-    make_validator,
     score_json_all,
     score_json_example,
 )
+from parsetune.tasks.json_form import canonical_json, make_validator
 
 SCHEMA = {
     "type": "object",

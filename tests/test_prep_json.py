@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import REPO, run_cli
-from eval.json_metrics import canonical_json
+from parsetune.tasks.json_form import canonical_json
 
 EXAMPLE = REPO / "prep" / "data" / "json_example"
 
