@@ -35,9 +35,11 @@ def parse_target(raw: object, field: str, location: str) -> object:
         if not raw.strip():
             raise UserError(f"{location}: field '{field}' is empty")
         try:
-            raw = json.loads(raw)
+            raw = loads_strict(raw)
         except json.JSONDecodeError as err:
             raise UserError(f"{location}: field '{field}' is not valid JSON: {err.msg} (column {err.colno})") from err
+        except ValueError as err:  # NaN / Infinity
+            raise UserError(f"{location}: field '{field}' is not valid JSON: {err}") from err
     if not isinstance(raw, dict):
         raise UserError(f"{location}: field '{field}' must hold a JSON object, got {type(raw).__name__}")
     return raw

@@ -60,3 +60,21 @@ def test_bad_rows_fail_with_file_and_line(tmp_path, row, expected):
     assert result.returncode == 2
     assert f"{bad}:2:" in result.stderr and expected in result.stderr, result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("t.csv", 'text,json\nAnn,"{""x"": NaN}"\n', "t.csv:2: field 'json' is not valid JSON: NaN is not valid JSON"),
+        ("t.csv", 'text,json\nAnn,"{""x"": -Infinity}"\n', "t.csv:2: field 'json' is not valid JSON: -Infinity is not valid JSON"),
+        ("t.jsonl", '{"text": "Ann", "json": {"x": Infinity}}\n', "t.jsonl:1: malformed JSON: Infinity is not valid JSON"),
+    ],
+)
+def test_nan_and_infinity_are_not_json(tmp_path, name, content, expected):
+    src = tmp_path / name
+    src.write_text(content, encoding="utf-8")
+    out = tmp_path / "out"
+    result = run_cli("prep", "json", "--train", str(src), "--validation", str(EXAMPLE / "validation.jsonl"), "--out", str(out))
+    assert result.returncode == 2, result.stdout
+    assert expected in result.stderr and result.stderr.count("\n") == 1
+    assert not out.exists()
