@@ -33,8 +33,10 @@ def test_shipped_example_prepares_against_its_schema(tmp_path):
 def test_csv_with_json_strings_and_generated_ids(tmp_path):
     src = tmp_path / "s.csv"
     src.write_text('text,json\n"Ann, 3 apples","{""name"": ""Ann"", ""n"": 3}"\nBob,"{""n"": 1, ""name"": ""Bob""}"\n', encoding="utf-8")
+    held_out = tmp_path / "v.csv"
+    held_out.write_bytes(src.read_bytes())
     out = tmp_path / "out"
-    result = run_cli("prep", "json", "--train", str(src), "--validation", str(src), "--out", str(out))
+    result = run_cli("prep", "json", "--train", str(src), "--validation", str(held_out), "--out", str(out))
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == ["train-0", "train-1"]
@@ -78,3 +80,11 @@ def test_nan_and_infinity_are_not_json(tmp_path, name, content, expected):
     assert result.returncode == 2, result.stdout
     assert expected in result.stderr and result.stderr.count("\n") == 1
     assert not out.exists()
+
+
+def test_the_same_file_as_train_and_validation_is_refused(tmp_path):
+    train = str(EXAMPLE / "train.jsonl")
+    result = run_cli("prep", "json", "--train", train, "--validation", str(EXAMPLE / ".." / "json_example" / "train.jsonl"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert f"--train and --validation are the same file" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
