@@ -232,7 +232,8 @@ def check_output_dir(path: str) -> None:
         raise UserError(f"{path}: {parent} is a file, not a directory")
 
 
-def _pid_alive(pid: int) -> bool:
+def process_is_running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -245,7 +246,7 @@ def _pid_alive(pid: int) -> bool:
 def owner_is_gone(entry_name: str) -> bool:
     """Whether a ``...PID-XXXX...`` temporary name belongs to a process that no longer runs here."""
     match = re.search(r"\.(\d+)-[^./]+(\.tmp)?$", entry_name)
-    return bool(match) and not _pid_alive(int(match.group(1)))
+    return bool(match) and not process_is_running(int(match.group(1)))
 
 
 def remove_stale_tmp(directory: str, name: str) -> None:
