@@ -167,3 +167,15 @@ def test_gcs_interrupted_reprep_keeps_the_old_set(gcs_bucket, tmp_path):
     result = interrupted_prep(signal.SIGTERM, 2, "gcs", prep_args(tmp_path, out, "--few-shot", "1"))
     assert result.returncode == 130, result.stderr
     assert blobs(gcs_bucket) == before
+
+
+def test_temporary_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    from parsetune import storage
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".predictions.jsonl.{dead.stdout.strip()}-abc123.tmp"  # a SIGKILLed writer's
+    live = tmp_path / f".predictions.jsonl.{os.getpid()}-def456.tmp"  # a writer still running
+    stale.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y")
+    storage.write_text_atomic(str(tmp_path / "predictions.jsonl"), "new\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "predictions.jsonl"]
