@@ -13,8 +13,8 @@ first; only when every file is there is it published, with the commit file (the 
   manifest is deleted, the staged files are copied into place server-side and the new manifest is
   created. The manifest is the commit point: while it is missing the set counts as absent
   (``parsetune run`` prepares again); a reader never sees a manifest next to files of another set.
-  Staging left by a killed process on this host is removed by the next publish; from other hosts,
-  once it is a day old.
+  Staging or a lock left by a killed process on this host is removed by the next publish; from
+  other hosts, once it is an hour old.
 
 The destination belongs to the set: publishing refuses a directory that holds anything else.
 """
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from parsetune import storage
 from parsetune.errors import UserError
 
-STALE_S = 24 * 3600  # gs:// staging or lock from another host counts as abandoned after this
+STALE_S = 3600  # gs:// staging or lock from another host counts as abandoned after this (a publish takes seconds)
 LOCK_NAME = ".publish-lock"
 
 
@@ -139,10 +139,19 @@ def _staging_prefix() -> str:
     return f".staging-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def _lock_text() -> str:
+    return f"{socket.gethostname()} {os.getpid()}\n"
+
+
 def _abandoned(info: storage.ObjectInfo, relative: str) -> bool:
     """A staging object or lock left by a process that is gone (this host) or long silent (any host)."""
     if info.age_s > STALE_S:
         return True
+    if relative == LOCK_NAME:
+        with contextlib.suppress(UserError, ValueError):
+            host, pid = storage.read_text(info.path).split()
+            return host == socket.gethostname() and not storage.process_is_running(int(pid))
+        return False
     host = f".staging-{socket.gethostname()}-"
     if relative.startswith(host):
         pid = relative[len(host) :].split("-")[0]
@@ -168,7 +177,7 @@ def _publish_gcs(dest: str, files: dict[str, bytes], commit: str, owned: Callabl
                 staged.append(staging + name)
         lock = prefix + LOCK_NAME
         try:
-            lock_generation = storage.create_bytes(lock, f"{socket.gethostname()} {os.getpid()}\n".encode())
+            lock_generation = storage.create_bytes(lock, _lock_text().encode())
         except UserError as err:
             raise UserError(f"{dest}: another prep is publishing here right now ({lock} exists); try again when it is done") from err
         try:

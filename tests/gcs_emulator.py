@@ -26,28 +26,30 @@ class PreconditionFailed(Exception):
 _expected: list[int | None] = [None]  # ifGenerationMatch of the request being handled
 
 
-def _check(storage: Storage, bucket: str, name: str) -> None:
+def _check(storage: Storage, bucket: str, name: str, deleting: bool = False) -> None:
     expected = _expected[0]
     if expected is None:
         return
     try:
         live = int(storage.get_file_obj(bucket, name).get("generation") or 0)
     except NotFound:
+        if deleting:
+            return  # deleting nothing: the handler answers 404, as GCS does
         live = 0
     if live != expected:
         raise PreconditionFailed(f"{bucket}/{name}: generation {live}, required {expected}")
 
 
-def _guarded(method):
+def _guarded(method, deleting: bool = False):
     def wrapper(self, bucket_name, file_name, *args, **kwargs):
-        _check(self, bucket_name, file_name)
+        _check(self, bucket_name, file_name, deleting)
         return method(self, bucket_name, file_name, *args, **kwargs)
 
     return wrapper
 
 
 Storage.create_file = _guarded(Storage.create_file)
-Storage.delete_file = _guarded(Storage.delete_file)
+Storage.delete_file = _guarded(Storage.delete_file, deleting=True)
 _handle = server.Router.handle
 
 

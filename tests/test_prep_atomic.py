@@ -179,3 +179,15 @@ def test_temporary_files_of_killed_writers_are_removed_by_the_next_write(tmp_pat
     live.write_bytes(b"y")
     storage.write_text_atomic(str(tmp_path / "predictions.jsonl"), "new\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "predictions.jsonl"]
+
+
+def test_gcs_reprep_killed_while_committing_is_redone_by_the_next_run(gcs_bucket, tmp_path):
+    out = f"gs://{gcs_bucket.name}/prep"
+    assert run_cli(*prep_args(tmp_path, out)).returncode == 0
+    # uploads: 2 staged splits, the lock, then the commit (the new manifest): die just before it
+    result = interrupted_prep(signal.SIGKILL, 4, "gcs", prep_args(tmp_path, out, "--few-shot", "1"))
+    assert result.returncode == -signal.SIGKILL
+    assert "prep/manifest.json" not in blobs(gcs_bucket)  # withdrawn: not a prepared set, never a mixed one
+    result = run_cli(*prep_args(tmp_path, out, "--few-shot", "1"))  # the dead run's lock is removed
+    assert result.returncode == 0, result.stderr
+    assert sorted(blobs(gcs_bucket)) == ["prep/manifest.json", "prep/train.jsonl", "prep/validation.jsonl"]
