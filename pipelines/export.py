@@ -56,6 +56,8 @@ def publish(staging: str, out_dir: str, marker: dict) -> None:
     if storage.is_gcs(out_dir):
         marker_path = storage.join(out_dir, EXPORT_MARKER)
         storage.delete(marker_path)  # first: from here until the new marker, out_dir is no finished export
+        # plain overwrites: with the marker gone nobody reads these as an export, and one exporter
+        # (process 0) writes them; the create-only marker catches a second exporter at the end
         for name in sorted(os.listdir(staging)):
             if name != EXPORT_MARKER:
                 with open(os.path.join(staging, name), "rb") as f:
