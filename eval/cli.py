@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from parsetune.errors import UserError
+from parsetune.tasks import TASKS
 
 _SCORE_DESCRIPTION = """\
 Score a predictions file and write metrics.
@@ -158,7 +159,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--out", required=True, metavar="DIR", help="output directory for the metrics files")
     score.add_argument(
         "--task",
-        choices=("viggo", "json"),
+        choices=TASKS,
         default="viggo",
         help="viggo: meaning-representation scores (default); json: JSON-extraction scores",
     )

@@ -1,7 +1,7 @@
 """Grammar-constrained decoding with llguidance: ViGGO MRs or a JSON Schema, via numpy bit masks.
 
 ``viggo_lark()`` is a Lark grammar accepting exactly the well-formed ViGGO MRs: one of the 9
-functions, then any subset of the 14 attributes in the canonical order of ``eval.viggo_mr``
+functions, then any subset of the 14 attributes in the canonical order of ``parsetune.tasks.viggo_mr``
 (``, `` between them), with the closed value sets seen in the ViGGO data (ratings, ESRB ratings,
 yes/no flags, comma-separated genres, platforms and perspectives) and bracket-free free text for
 names, developers, specifiers, dates and years. Every value may be empty (``esrb[]``). After the
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from eval.viggo_mr import ATTRIBUTES, FUNCTIONS
+from parsetune.tasks.viggo_mr import ATTRIBUTES, FUNCTIONS
 from parsetune import storage
 from parsetune.errors import UserError
 

@@ -16,13 +16,7 @@ from typing import Any
 
 from parsetune import storage
 from parsetune.errors import UserError
-
-
-@dataclass(frozen=True)
-class PromptRecord:
-    id: str
-    input: str
-    output: str
+from parsetune.records import PreparedRecord, read_prepared
 
 
 @dataclass(frozen=True)
@@ -33,32 +27,9 @@ class GenerateStats:
     stopped_at_eos: int  # rows that ended with EOS; the rest hit max_new_tokens
 
 
-def read_prompts(path: str, limit: int | None = None) -> list[PromptRecord]:
-    """Read prepared data; ``UserError`` naming ``file:line`` for any bad line, duplicate id or no rows."""
-    from prep.readers import read_jsonl_rows
-
-    records: list[PromptRecord] = []
-    seen: dict[str, int] = {}
-    for line_no, row in read_jsonl_rows(path):
-        where = f"{path}:{line_no}"
-        for key in ("id", "input", "output"):
-            if key not in row:
-                raise UserError(f"{where}: missing {key!r}")
-        if isinstance(row["id"], bool) or not isinstance(row["id"], (str, int)):
-            raise UserError(f"{where}: 'id' must be a string or integer")
-        for key in ("input", "output"):
-            if not isinstance(row[key], str):
-                raise UserError(f"{where}: {key!r} must be a string")
-        rid = str(row["id"])
-        if rid in seen:
-            raise UserError(f"{where}: duplicate id {rid!r} (first on line {seen[rid]})")
-        seen[rid] = line_no
-        records.append(PromptRecord(rid, row["input"], row["output"]))
-        if limit is not None and len(records) >= limit:
-            break
-    if not records:
-        raise UserError(f"{path}: no rows")
-    return records
+def read_prompts(path: str, limit: int | None = None) -> list[PreparedRecord]:
+    """Prepared data through the one reader (``parsetune.records.read_prepared``)."""
+    return read_prepared(path, limit)
 
 
 def _ids(value: Any) -> list[int]:

@@ -2,12 +2,13 @@
 
 Definitions:
 
-- valid JSON: the prediction, stripped of surrounding whitespace, parses with ``json.loads``.
+- valid JSON: the prediction, stripped of surrounding whitespace, parses as strict JSON
+  (``parsetune.tasks.json_form.loads_strict``: ``NaN``/``Infinity`` are not JSON).
 - schema adherence (only when a JSON Schema is given): the prediction is valid JSON *and*
   validates against the schema. The rate is over all examples, so invalid JSON counts as a miss.
 - exact match: the prediction is valid JSON and ``canonical(pred) == canonical(ref)``, where
-  ``canonical`` serialises with sorted keys and no insignificant whitespace, after turning
-  integral floats into ints (``1.0`` equals ``1``; ``true`` does not equal ``1``).
+  ``canonical`` is ``parsetune.tasks.json_form.canonical_json`` (sorted keys, no insignificant
+  whitespace, integral floats as ints: ``1.0`` equals ``1``; ``true`` does not equal ``1``).
 - fields: a JSON value is flattened into a set of ``(path, leaf)`` pairs. Paths start empty;
   an object key ``k`` appends ``.k`` when ``k`` matches ``[A-Za-z_][A-Za-z0-9_]*`` and
   ``["k"]`` (JSON-escaped) otherwise; an array index ``i`` appends ``[i]``; a leading ``.`` is
@@ -29,6 +30,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from parsetune.tasks.json_form import canonical_json, loads_strict, make_validator
 
 _SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _MISSING = object()
@@ -62,23 +65,6 @@ class JsonMetrics:
     exact_match: float
 
 
-def _canon_value(value: Any) -> Any:
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else value
-    if isinstance(value, dict):
-        return {str(k): _canon_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canon_value(v) for v in value]
-    return str(value)
-
-
-def canonical_json(value: Any) -> str:
-    """Canonical text of a parsed JSON value: sorted keys, compact, integral floats as ints."""
-    return json.dumps(_canon_value(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def _key_segment(key: str) -> str:
     return f".{key}" if _SIMPLE_KEY.match(key) else f"[{json.dumps(key, ensure_ascii=False)}]"
 
@@ -106,7 +92,7 @@ def parse_json(text: Any) -> tuple[Any, str | None]:
     if not isinstance(text, str):
         return _MISSING, f"not a string: {type(text).__name__}"
     try:
-        return json.loads(text.strip()), None
+        return loads_strict(text.strip()), None
     except (ValueError, RecursionError) as exc:
         return _MISSING, f"invalid JSON: {str(exc)[:80]}"
 
@@ -133,35 +119,6 @@ def score_json_example(prediction: Any, reference: Any, validator: Any | None = 
         return JsonExampleScore(True, schema_valid, False, 0, 0, len(ref_fields), f"unscorable JSON: {exc}"[:100])
     tp = sum(1 for path, leaf in pred_fields.items() if ref_fields.get(path) == leaf)
     return JsonExampleScore(True, schema_valid, exact, tp, len(pred_fields), len(ref_fields), None)
-
-
-def make_validator(schema: dict[str, Any]) -> Any:
-    """Build a ``jsonschema`` validator for ``schema``; raises ``jsonschema.SchemaError`` if the
-    schema itself is invalid (the caller turns that into a user error)."""
-    import jsonschema
-
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
-
-
-def load_json_schema(path: str) -> dict[str, Any]:
-    """Read a JSON Schema file (local or gs://); ``UserError`` if it is not valid JSON or not a schema."""
-    from parsetune import storage
-    from parsetune.errors import UserError
-
-    try:
-        schema = json.loads(storage.read_text(path))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: malformed JSON schema ({exc.msg})") from None
-    if not isinstance(schema, dict):
-        raise UserError(f"{path}:1: a JSON Schema must be a JSON object")
-    try:
-        make_validator(schema)
-    except Exception as exc:  # jsonschema.SchemaError and friends
-        message = getattr(exc, "message", str(exc))
-        raise UserError(f"{path}: invalid JSON Schema ({message})") from None
-    return schema
 
 
 def _ratio(num: int, den: int, other_side: int) -> float:

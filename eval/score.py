@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from parsetune import storage
-from eval.json_metrics import load_json_schema
+from parsetune.tasks import check_task
+from parsetune.tasks.json_form import load_json_schema, loads_strict
 from parsetune.errors import UserError
-
-TASKS: tuple[str, ...] = ("viggo", "json")
+from parsetune.jsonl import read_jsonl_rows
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def _check_reference(path: str, line: int, reference: Any, task: str) -> Any:
     """Return the reference in scoring form (ViGGO: MR text; JSON: parsed value) or raise."""
     where = f"{path}:{line}"
     if task == "viggo":
-        from eval.viggo_mr import parse_mr
+        from parsetune.tasks.viggo_mr import parse_mr
 
         if not isinstance(reference, str):
             raise UserError(f"{where}: 'reference' must be a string for task viggo")
@@ -51,7 +51,7 @@ def _check_reference(path: str, line: int, reference: Any, task: str) -> Any:
         return reference
     if isinstance(reference, str):
         try:
-            return json.loads(reference)
+            return loads_strict(reference)
         except ValueError as exc:
             raise UserError(f"{where}: reference is not valid JSON ({exc})") from None
     return reference
@@ -60,8 +60,6 @@ def _check_reference(path: str, line: int, reference: Any, task: str) -> Any:
 def read_predictions(path: str, task: str = "viggo") -> list[PredictionRecord]:
     """Read and validate a predictions JSONL file; ``UserError`` naming ``file:line`` on any
     malformed line, missing or mistyped field, invalid reference, duplicate id, or no rows."""
-    from prep.readers import read_jsonl_rows
-
     records: list[PredictionRecord] = []
     first_line: dict[str, int] = {}
     for line_no, row in read_jsonl_rows(path):
@@ -147,8 +145,7 @@ def score_predictions(path: str, out_dir: str, task: str = "viggo", schema_path:
     Returns the dict written to ``metrics.json``. Raises ``UserError`` (before writing anything)
     for an unknown task, a schema with task viggo, a bad schema, or bad predictions input.
     """
-    if task not in TASKS:
-        raise UserError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    check_task(task)
     if schema_path is not None and task != "json":
         raise UserError("--schema only applies to --task json")
     storage.check_output_dir(out_dir)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eval.viggo_mr import (
+from parsetune.tasks.viggo_mr import (
     ATTRIBUTES,
     EMPTY,
     FUNCTIONS,

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parsetune.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -62,18 +61,11 @@ class LengthReport:
 
 
 def read_prepared(path: str) -> list[dict]:
-    """Rows of a prepared JSONL file (``id``, ``input``, ``output``), with file:line errors."""
-    from prep.readers import read_jsonl_rows
+    """Rows of a prepared JSONL file (``id``, ``input``, ``output``) through the one reader of
+    prepared records (``parsetune.records``), so training accepts exactly what eval accepts."""
+    from parsetune.records import read_prepared as read_records
 
-    rows = []
-    for number, row in read_jsonl_rows(path):
-        for field in ("id", "input", "output"):
-            if not isinstance(row.get(field), str):
-                raise UserError(f"{path}:{number}: field '{field}' missing or not a string (is this `parsetune prep` output?)")
-        rows.append(row)
-    if not rows:
-        raise UserError(f"{path}: no examples")
-    return rows
+    return [{"id": r.id, "input": r.input, "output": r.output} for r in read_records(path)]
 
 
 def tokenize_rows(rows: list[dict], tokenizer, eos_id: int) -> list[TokenizedExample]:

@@ -2,8 +2,9 @@
 adapter (RUN_DIR/adapter).
 
 The checkpoint is staged in a temporary directory and published only when complete: a local
-directory is renamed into place; on gs:// the files are uploaded and ``parsetune_export.json`` is
-written last (a directory without it is not a finished export). Token ids (BOS/EOS/pad), the
+directory is renamed into place; on gs:// an existing ``parsetune_export.json`` is deleted first,
+then the files are uploaded and the marker is written last (a directory without it is not a
+finished export, so an interrupted re-export never looks complete). Token ids (BOS/EOS/pad), the
 generation config, tokenizer files and chat template are carried over from the base checkpoint.
 """
 
@@ -55,10 +56,16 @@ def publish(staging: str, out_dir: str, marker: dict) -> None:
     with open(os.path.join(staging, EXPORT_MARKER), "w") as f:
         json.dump(marker, f, indent=2)
     if storage.is_gcs(out_dir):
-        names = sorted(os.listdir(staging), key=lambda n: n == EXPORT_MARKER)
-        for name in names:
-            with open(os.path.join(staging, name), "rb") as f:
-                storage.write_bytes_atomic(storage.join(out_dir, name), f.read())
+        marker_path = storage.join(out_dir, EXPORT_MARKER)
+        storage.delete(marker_path)  # first: from here until the new marker, out_dir is no finished export
+        # plain overwrites: with the marker gone nobody reads these as an export, and one exporter
+        # (process 0) writes them; the create-only marker catches a second exporter at the end
+        for name in sorted(os.listdir(staging)):
+            if name != EXPORT_MARKER:
+                with open(os.path.join(staging, name), "rb") as f:
+                    storage.write_bytes_atomic(storage.join(out_dir, name), f.read())
+        with open(os.path.join(staging, EXPORT_MARKER), "rb") as f:
+            storage.create_bytes(marker_path, f.read())  # last; fails if another export finished meanwhile
         return
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)

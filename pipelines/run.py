@@ -32,46 +32,27 @@ def done(started: float, what: str) -> None:
 
 
 def prep_data(config: TrainConfig, prep_dir: str) -> None:
-    from prep.prompt import JSON_INSTRUCTION, JSON_QUERY, VIGGO_INSTRUCTION, VIGGO_QUERY, PromptTemplate, pick_shots
-    from prep.writer import MANIFEST_NAME, render_split, write_prepared
+    """The same prep as ``parsetune prep`` (``prep.prepare.prepare``), from the config's ``prep:``."""
+    from prep.json_task import JsonFields
+    from prep.prepare import PrepRequest, prepare
+    from prep.writer import MANIFEST_NAME
 
     if storage.exists(storage.join(prep_dir, MANIFEST_NAME)):
         print(f"   {prep_dir} is already prepared; skipping", file=sys.stderr)
         return
     p = config.prep
-    if p.task == "viggo":
-        from prep.viggo import ViggoSource, bundled_source, load_viggo
-
-        if p.hf:
-            source = ViggoSource({}, hf_dataset=p.hf)
-        elif p.train:
-            source = ViggoSource({k: v for k, v in {"train": p.train, "validation": p.validation, "test": p.test}.items() if v})
-        else:
-            source = bundled_source()
-        splits, description = load_viggo(source), source.describe()
-        defaults = (VIGGO_INSTRUCTION, VIGGO_QUERY)
-    elif p.task == "json":
-        from prep.json_task import JsonFields, load_json_split, load_schema
-
-        if not (p.train and p.validation):
-            raise UserError("prep.train and prep.validation are required for prep.task: json")
-        schema = load_schema(p.schema)
-        paths = {k: v for k, v in {"train": p.train, "validation": p.validation, "test": p.test}.items() if v}
-        splits = {s: load_json_split(s, path, JsonFields(), schema) for s, path in paths.items()}
-        description = ", ".join(f"{s}={path}" for s, path in paths.items())
-        defaults = (JSON_INSTRUCTION, JSON_QUERY)
-    else:
-        raise UserError(f"prep.task must be viggo or json, not {p.task!r}")
-    template = PromptTemplate(
-        instruction=defaults[0] if p.instruction is None else p.instruction,
-        query=defaults[1] if p.query_template is None else p.query_template,
+    request = PrepRequest(
+        task=p.task, out=prep_dir, train=p.train, validation=p.validation, test=p.test, hf=p.hf, schema=p.schema,
+        # the JSON field names, once PrepSection has them (pipelines/config.py)
+        text_field=getattr(p, "text_field", JsonFields.text),
+        target_field=getattr(p, "target_field", JsonFields.target),
+        id_field=getattr(p, "id_field", JsonFields.id),
+        instruction=p.instruction, query_template=p.query_template, few_shot=p.few_shot, seed=p.seed,
+        tokenizer=config.model if os.path.isdir(config.model) else None,
     )
-    shots = pick_shots(splits["train"], p.few_shot, p.seed) if p.few_shot else ()
-    records = {s: render_split(e, template, shots) for s, e in splits.items()}
-    options = {"few_shot": p.few_shot, "seed": p.seed, "few_shot_ids": [s.id for s in shots]}
-    local_model = config.model if os.path.isdir(config.model) else None
-    for s in write_prepared(prep_dir, p.task, description, records, template, options, local_model):
-        print(f"   {s.split}: {s.rows} rows", file=sys.stderr)
+    for s in prepare(request):
+        tokens = f", tokens max {s.tokens['max_total']} p99 {s.tokens['p99_total']}" if s.tokens else ""
+        print(f"   {s.split}: {s.rows} rows{tokens}", file=sys.stderr)
 
 
 def base_model_action(model: str, base_model: str | None) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from prep.prompt import JSON_INSTRUCTION, JSON_QUERY, VIGGO_INSTRUCTION, VIGGO_QUERY, PromptTemplate, pick_shots
-from prep.records import SourceExample
-from prep.writer import render_split, write_prepared
+from parsetune.signals import interrupt_on_sigterm
+from prep.prompt import JSON_INSTRUCTION, JSON_QUERY, VIGGO_INSTRUCTION, VIGGO_QUERY
 
 OUTPUT_HELP = "output directory: a local path or gs://bucket/prefix; gets <split>.jsonl and manifest.json"
 
@@ -21,56 +20,41 @@ def add_prompt_options(parser: argparse.ArgumentParser, instruction: str, query:
     group.add_argument("--tokenizer", metavar="DIR", help="HF checkpoint dir: record prompt/completion token lengths in the manifest")
 
 
-def prepare_and_write(args, task: str, source: str, splits: dict[str, list[SourceExample]], extra_options: dict) -> int:
-    template = PromptTemplate(instruction=args.instruction, query=args.query_template)
-    shots = pick_shots(splits["train"], args.few_shot, args.seed) if args.few_shot else ()
-    records = {split: render_split(examples, template, shots) for split, examples in splits.items()}
-    options = {"few_shot": args.few_shot, "seed": args.seed, "few_shot_ids": [s.id for s in shots], **extra_options}
-    summaries = write_prepared(args.out, task, source, records, template, options, args.tokenizer)
+def request_from_args(args, task: str, **sources):
+    from prep.prepare import PrepRequest
+
+    return PrepRequest(
+        task=task, out=args.out, instruction=args.instruction, query_template=args.query_template,
+        few_shot=args.few_shot, seed=args.seed, tokenizer=args.tokenizer, **sources,
+    )
+
+
+def prepare_and_report(request) -> int:
+    from prep.prepare import prepare
+
+    start = time.monotonic()
+    with interrupt_on_sigterm():
+        summaries = prepare(request)
+    out = request.out.rstrip("/")
     for s in summaries:
         tokens = f", tokens max {s.tokens['max_total']} p99 {s.tokens['p99_total']}" if s.tokens else ""
-        print(f"{s.split}: {s.rows} rows -> {args.out.rstrip('/')}/{s.file}{tokens}")
-    print(f"manifest: {args.out.rstrip('/')}/manifest.json")
+        print(f"{s.split}: {s.rows} rows -> {out}/{s.file}{tokens}")
+    print(f"manifest: {out}/manifest.json")
+    print(f"done in {time.monotonic() - start:.1f} s")
     return 0
 
 
 def run_viggo(args) -> int:
-    from prep.viggo import ViggoSource, bundled_source, load_viggo
-
-    start = time.monotonic()
-    if args.hf:
-        if args.train or args.validation or args.test:
-            raise SystemExit("parsetune prep viggo: --hf cannot be combined with --train/--validation/--test")
-        source = ViggoSource({}, hf_dataset=args.hf)
-    elif args.train or args.validation or args.test:
-        if not (args.train and args.validation):
-            raise SystemExit("parsetune prep viggo: give both --train and --validation (or neither, for the bundled copy)")
-        paths = {"train": args.train, "validation": args.validation}
-        if args.test:
-            paths["test"] = args.test
-        source = ViggoSource(paths)
-    else:
-        source = bundled_source()
-    splits = load_viggo(source)
-    if "train" not in splits:
-        raise SystemExit(f"parsetune prep viggo: source has no train split (has {sorted(splits)})")
-    code = prepare_and_write(args, "viggo", source.describe(), splits, {})
-    print(f"done in {time.monotonic() - start:.1f} s")
-    return code
+    return prepare_and_report(request_from_args(args, "viggo", train=args.train, validation=args.validation, test=args.test, hf=args.hf))
 
 
 def run_json(args) -> int:
-    from prep.json_task import JsonFields, load_json_split, load_schema
-
-    fields = JsonFields(text=args.text_field, target=args.target_field, id=args.id_field)
-    schema = load_schema(args.schema)
-    paths = {"train": args.train, "validation": args.validation}
-    if args.test:
-        paths["test"] = args.test
-    splits = {split: load_json_split(split, path, fields, schema) for split, path in paths.items()}
-    source = ", ".join(f"{s}={p}" for s, p in paths.items())
-    options = {"fields": vars(fields), "schema": args.schema}
-    return prepare_and_write(args, "json", source, splits, options)
+    return prepare_and_report(
+        request_from_args(
+            args, "json", train=args.train, validation=args.validation, test=args.test, schema=args.schema,
+            text_field=args.text_field, target_field=args.target_field, id_field=args.id_field,
+        )
+    )
 
 
 def run_model(args) -> int:

@@ -2,7 +2,7 @@
 
 A source row has a text field and a target field holding a JSON object (or a string that holds
 one). The target is validated (parses, is an object, optionally matches a JSON Schema) and
-serialised canonically (``eval.json_metrics.canonical_json``: sorted keys, compact), so the
+serialised canonically (``parsetune.tasks.json_form.canonical_json``: sorted keys, compact), so the
 model learns one spelling of each answer.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from eval.json_metrics import canonical_json, load_json_schema, make_validator
+from parsetune.tasks.json_form import canonical_json, load_json_schema, loads_strict, make_validator
 from parsetune.errors import UserError
 from prep.readers import read_rows, require_text
 from prep.records import SourceExample
@@ -35,9 +35,11 @@ def parse_target(raw: object, field: str, location: str) -> object:
         if not raw.strip():
             raise UserError(f"{location}: field '{field}' is empty")
         try:
-            raw = json.loads(raw)
+            raw = loads_strict(raw)
         except json.JSONDecodeError as err:
             raise UserError(f"{location}: field '{field}' is not valid JSON: {err.msg} (column {err.colno})") from err
+        except ValueError as err:  # NaN / Infinity
+            raise UserError(f"{location}: field '{field}' is not valid JSON: {err}") from err
     if not isinstance(raw, dict):
         raise UserError(f"{location}: field '{field}' must hold a JSON object, got {type(raw).__name__}")
     return raw

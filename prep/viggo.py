@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from eval.viggo_mr import parse_mr
+from parsetune.tasks.viggo_mr import parse_mr
 from parsetune.errors import UserError
 from prep.readers import read_rows, require_text
 from prep.records import SourceExample

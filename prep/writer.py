@@ -1,7 +1,8 @@
 """Render examples into prompt/completion records and write the splits plus ``manifest.json``.
 
-Everything is rendered and checked in memory first; then each split is written atomically and
-the manifest last. If any write fails, the files this run wrote are removed again.
+Everything is rendered and checked in memory first; then the splits and the manifest are published
+as one set (``parsetune.fileset``): a failure or an interruption leaves the previous set at DEST
+whole, a success replaces it whole, and the manifest is always written last.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import json
 import os
 from dataclasses import dataclass
 
-from parsetune import storage
+from parsetune import fileset, storage
 from parsetune.errors import UserError
 from prep.prompt import PromptTemplate
-from prep.records import PreparedRecord, SourceExample, records_to_jsonl
+from parsetune.records import PreparedRecord, records_to_jsonl
+from prep.records import SourceExample
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "parsetune.prepared/v1"
+STANDARD_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl")  # replaced along with a set even without its manifest
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,20 @@ def write_prepared(
         "options": options,
         "tokenizer": tokenizer_path,
     }
-    with storage.AllOrNothingWriter() as writer:
-        for summary in summaries:
-            writer.write_bytes(storage.join(dest, summary.file), payloads[summary.split])
-        writer.write_text(storage.join(dest, MANIFEST_NAME), json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    files = {summary.file: payloads[summary.split] for summary in summaries}
+    files[MANIFEST_NAME] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    owned = {MANIFEST_NAME, *STANDARD_FILES, *previous_files(dest)}
+    fileset.publish(dest, files, commit=MANIFEST_NAME, owned=owned.__contains__)
     return summaries
+
+
+def previous_files(dest: str) -> set[str]:
+    """The split files named by the manifest already at ``dest`` (none when there is no readable one)."""
+    try:
+        manifest = read_manifest(dest)
+        return {info["file"] for info in manifest["splits"].values()}
+    except (UserError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
 
 
 def read_manifest(dest: str) -> dict:

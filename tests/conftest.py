@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def gcs_emulator():
-    """Start ``gcp-storage-emulator`` (in memory) for the session; yields its URL."""
+    """Start ``gcp-storage-emulator`` (in memory, with generation preconditions: tests/gcs_emulator.py)
+    for the session; yields its URL."""
     port = _free_port()
-    exe = Path(sys.executable).parent / "gcp-storage-emulator"
     proc = subprocess.Popen(
-        [str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+        [sys.executable, str(Path(__file__).parent / "gcs_emulator.py"), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -54,7 +55,8 @@ def gcs_bucket(gcs_emulator, monkeypatch, request):
     from google.cloud import storage as gcs
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
-    name = "pt-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
+    readable = request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
+    name = f"pt-{readable}-{zlib.crc32(request.node.nodeid.encode()):08x}"  # unique per parametrized test
     client = gcs.Client(project="test", credentials=AnonymousCredentials())
     bucket = client.create_bucket(name)
     yield bucket

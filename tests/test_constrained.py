@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import ASSETS, REPO
-from eval.viggo_mr import parse_mr
+from parsetune.tasks.viggo_mr import parse_mr
 
 
 @pytest.fixture(scope="module")

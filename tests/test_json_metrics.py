@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 from eval.json_metrics import (
     JsonMetrics,
     aggregate_json,
-    canonical_json,
     flatten,
-    make_validator,
     score_json_all,
     score_json_example,
 )
+from parsetune.tasks.json_form import canonical_json, make_validator
 
 SCHEMA = {
     "type": "object",
@@ -128,3 +127,12 @@ def test_self_score_is_perfect(value):
     s = score_json_example(json.dumps(value), value)
     assert s.valid_json and s.exact_match
     assert s.true_positives == s.n_pred_fields == s.n_ref_fields
+
+
+@pytest.mark.parametrize("prediction", ['{"x": NaN}', '{"x": Infinity}', "-Infinity", "NaN"])
+def test_nan_and_infinity_are_not_valid_json(prediction):
+    s = score_json_example(prediction, {"x": 1})
+    assert (s.valid_json, s.exact_match, s.n_pred_fields) == (False, False, 0)
+    assert "is not valid JSON" in s.error
+    with pytest.raises(ValueError):
+        canonical_json({"x": float("nan")})

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import REPO, run_cli
-from eval.json_metrics import canonical_json
+from parsetune.tasks.json_form import canonical_json
 
 EXAMPLE = REPO / "prep" / "data" / "json_example"
 
@@ -33,8 +33,10 @@ def test_shipped_example_prepares_against_its_schema(tmp_path):
 def test_csv_with_json_strings_and_generated_ids(tmp_path):
     src = tmp_path / "s.csv"
     src.write_text('text,json\n"Ann, 3 apples","{""name"": ""Ann"", ""n"": 3}"\nBob,"{""n"": 1, ""name"": ""Bob""}"\n', encoding="utf-8")
+    held_out = tmp_path / "v.csv"
+    held_out.write_bytes(src.read_bytes())
     out = tmp_path / "out"
-    result = run_cli("prep", "json", "--train", str(src), "--validation", str(src), "--out", str(out))
+    result = run_cli("prep", "json", "--train", str(src), "--validation", str(held_out), "--out", str(out))
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == ["train-0", "train-1"]
@@ -60,3 +62,29 @@ def test_bad_rows_fail_with_file_and_line(tmp_path, row, expected):
     assert result.returncode == 2
     assert f"{bad}:2:" in result.stderr and expected in result.stderr, result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("t.csv", 'text,json\nAnn,"{""x"": NaN}"\n', "t.csv:2: field 'json' is not valid JSON: NaN is not valid JSON"),
+        ("t.csv", 'text,json\nAnn,"{""x"": -Infinity}"\n', "t.csv:2: field 'json' is not valid JSON: -Infinity is not valid JSON"),
+        ("t.jsonl", '{"text": "Ann", "json": {"x": Infinity}}\n', "t.jsonl:1: malformed JSON: Infinity is not valid JSON"),
+    ],
+)
+def test_nan_and_infinity_are_not_json(tmp_path, name, content, expected):
+    src = tmp_path / name
+    src.write_text(content, encoding="utf-8")
+    out = tmp_path / "out"
+    result = run_cli("prep", "json", "--train", str(src), "--validation", str(EXAMPLE / "validation.jsonl"), "--out", str(out))
+    assert result.returncode == 2, result.stdout
+    assert expected in result.stderr and result.stderr.count("\n") == 1
+    assert not out.exists()
+
+
+def test_the_same_file_as_train_and_validation_is_refused(tmp_path):
+    train = str(EXAMPLE / "train.jsonl")
+    result = run_cli("prep", "json", "--train", train, "--validation", str(EXAMPLE / ".." / "json_example" / "train.jsonl"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert f"--train and --validation are the same file" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()

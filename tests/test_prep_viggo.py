@@ -158,30 +158,6 @@ def test_non_utf8_bytes_are_reported_with_their_line(sources, tmp_path):
     assert "validation.jsonl:2: not valid UTF-8" in result.stderr
 
 
-def test_failed_run_keeps_nothing_it_wrote(sources, tmp_path, monkeypatch):
-    """A write failure after some splits were written removes them again."""
-    from parsetune import storage
-    from prep.viggo import load_viggo, ViggoSource
-    from prep.writer import render_split, write_prepared
-
-    train, validation, test = sources
-    splits = load_viggo(ViggoSource({"train": str(train), "validation": str(validation), "test": str(test)}))
-    template = PromptTemplate(instruction="", query=VIGGO_QUERY)
-    records = {s: render_split(e, template, ()) for s, e in splits.items()}
-    real = storage.write_bytes_atomic
-
-    def fail_on_manifest(path, data):
-        if path.endswith("manifest.json"):
-            raise OSError(28, "No space left on device")
-        real(path, data)
-
-    monkeypatch.setattr(storage, "write_bytes_atomic", fail_on_manifest)
-    out = tmp_path / "out"
-    with pytest.raises(OSError):
-        write_prepared(str(out), "viggo", "test", records, template, {})
-    assert list(out.iterdir()) == []
-
-
 def test_hf_hub_unreachable_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -32,7 +32,9 @@ def test_run_end_to_end_then_rerun_skips_every_step(tmp_path, tiny_model_dir):
                               num_train_steps=3, steps_per_eval=3)
     config = yaml.safe_load(config_path.read_text())
     validation = str(ASSETS / "viggo_validation_50.jsonl")
-    config["prep"] = {"task": "viggo", "train": validation, "validation": validation, "instruction": "", "base_model": None}
+    train = tmp_path / "train-source.jsonl"  # prep refuses one file as two splits
+    train.write_bytes((ASSETS / "viggo_validation_50.jsonl").read_bytes())
+    config["prep"] = {"task": "viggo", "train": str(train), "validation": validation, "instruction": "", "base_model": None}
     config["eval"] = {"splits": ["validation"], "batch_size": 8, "max_new_tokens": 24, "constrain": "viggo", "limit": 8}
     config_path.write_text(yaml.safe_dump(config))
 

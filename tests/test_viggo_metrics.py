@@ -13,7 +13,7 @@ from eval.viggo_metrics import (
     score_all,
     score_example,
 )
-from eval.viggo_mr import FUNCTIONS
+from parsetune.tasks.viggo_mr import FUNCTIONS
 
 REF = "inform(name[BioShock], release_year[2007], rating[excellent])"
 

@@ -1,4 +1,4 @@
-"""Tests for eval.viggo_mr: the ViGGO MR parser."""
+"""Tests for parsetune.tasks.viggo_mr: the ViGGO MR parser."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eval.viggo_mr import ATTRIBUTES, FUNCTIONS, MeaningRepresentation, format_mr, normalize, parse_mr
+from parsetune.tasks.viggo_mr import ATTRIBUTES, FUNCTIONS, MeaningRepresentation, format_mr, normalize, parse_mr
 
 ASSETS = Path(__file__).parent / "assets"
 BUNDLED = Path(__file__).parent.parent / "prep" / "data" / "viggo"  # the shipped ViGGO copy

@@ -15,8 +15,11 @@ from conftest import ASSETS, REPO
 
 def prepare_tiny_data(out: Path, tokenizer_dir: Path) -> Path:
     validation = ASSETS / "viggo_validation_50.jsonl"
+    train = out.parent / f"{out.name}-train-source.jsonl"  # prep refuses one file as two splits
+    train.parent.mkdir(parents=True, exist_ok=True)
+    train.write_bytes(validation.read_bytes())
     result = subprocess.run(
-        [sys.executable, "-m", "parsetune", "prep", "viggo", "--train", str(validation), "--validation", str(validation),
+        [sys.executable, "-m", "parsetune", "prep", "viggo", "--train", str(train), "--validation", str(validation),
          "--instruction", "", "--out", str(out)],
         capture_output=True, text=True, cwd=REPO,
     )

@@ -1,0 +1,110 @@
+"""``prepare``: one prep request (task, sources, prompt, destination) to a written prepared set.
+
+The one prep function: ``parsetune prep viggo|json`` and ``parsetune run``'s prep step both call
+it, so both validate, split-check, render and write the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from parsetune import storage
+from parsetune.errors import UserError
+from parsetune.tasks import check_task
+from prep.prompt import JSON_INSTRUCTION, JSON_QUERY, VIGGO_INSTRUCTION, VIGGO_QUERY, PromptTemplate, pick_shots
+from prep.records import SourceExample
+from prep.writer import SplitSummary, render_split, write_prepared
+
+DEFAULT_PROMPTS = {"viggo": (VIGGO_INSTRUCTION, VIGGO_QUERY), "json": (JSON_INSTRUCTION, JSON_QUERY)}
+
+
+@dataclass(frozen=True)
+class PrepRequest:
+    task: str  # viggo | json
+    out: str  # local directory or gs://bucket/prefix
+    train: str | None = None  # source files; viggo without files: the bundled copy
+    validation: str | None = None
+    test: str | None = None
+    hf: str | None = None  # viggo only: a Hugging Face dataset name
+    schema: str | None = None  # json only: JSON Schema every target must satisfy
+    text_field: str = "text"  # json only: source field names
+    target_field: str = "json"
+    id_field: str = "id"
+    instruction: str | None = None  # None: the task's default; "" for none
+    query_template: str | None = None
+    few_shot: int = 0
+    seed: int = 0
+    tokenizer: str | None = None  # HF checkpoint dir: token statistics in the manifest
+
+    def split_paths(self) -> dict[str, str]:
+        return {s: p for s, p in (("train", self.train), ("validation", self.validation), ("test", self.test)) if p}
+
+    def template(self) -> PromptTemplate:
+        instruction, query = DEFAULT_PROMPTS[self.task]
+        return PromptTemplate(
+            instruction=instruction if self.instruction is None else self.instruction,
+            query=query if self.query_template is None else self.query_template,
+        )
+
+
+def _same_file(a: str, b: str) -> bool:
+    if storage.is_gcs(a) or storage.is_gcs(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_sources(request: PrepRequest) -> dict[str, str]:
+    """The split files of ``request``; ``UserError`` for a combination that cannot be right."""
+    paths = request.split_paths()
+    if request.hf:
+        if request.task != "viggo":
+            raise UserError("--hf is only for task viggo")
+        if paths:
+            raise UserError("--hf cannot be combined with --train/--validation/--test")
+        return {}
+    if (paths or request.task == "json") and not (request.train and request.validation):
+        raise UserError("give both --train and --validation" + (" (or neither, for the bundled copy)" if request.task == "viggo" else ""))
+    splits = list(paths)
+    for i, first in enumerate(splits):
+        for second in splits[i + 1 :]:
+            if _same_file(paths[first], paths[second]):
+                raise UserError(
+                    f"--{first} and --{second} are the same file ({paths[second]}); "
+                    "the validation and test splits must be held out from training"
+                )
+    return paths
+
+
+def load_sources(request: PrepRequest, paths: dict[str, str]) -> tuple[str, dict[str, list[SourceExample]], dict]:
+    """``(source description, examples per split, task options for the manifest)``."""
+    if request.task == "viggo":
+        from prep.viggo import ViggoSource, bundled_source, load_viggo
+
+        source = ViggoSource({}, hf_dataset=request.hf) if request.hf else ViggoSource(paths) if paths else bundled_source()
+        return source.describe(), load_viggo(source), {}
+    from prep.json_task import JsonFields, load_json_split, load_schema
+
+    fields = JsonFields(text=request.text_field, target=request.target_field, id=request.id_field)
+    schema = load_schema(request.schema)
+    splits = {split: load_json_split(split, path, fields, schema) for split, path in paths.items()}
+    description = ", ".join(f"{s}={p}" for s, p in paths.items())
+    return description, splits, {"fields": vars(fields), "schema": request.schema}
+
+
+def prepare(request: PrepRequest) -> list[SplitSummary]:
+    """Validate the sources, render every split, write ``OUT/<split>.jsonl`` + ``manifest.json``.
+
+    All or nothing: any bad row, any failed write or an interruption leaves ``OUT`` as it was.
+    """
+    check_task(request.task)
+    storage.check_output_dir(request.out)
+    paths = check_sources(request)
+    template = request.template()
+    description, splits, task_options = load_sources(request, paths)
+    if "train" not in splits:
+        raise UserError(f"{description}: the source has no train split (has {', '.join(sorted(splits))})")
+    shots = pick_shots(splits["train"], request.few_shot, request.seed) if request.few_shot else ()
+    records = {split: render_split(examples, template, shots) for split, examples in splits.items()}
+    options = {"few_shot": request.few_shot, "seed": request.seed, "few_shot_ids": [s.id for s in shots], **task_options}
+    return write_prepared(request.out, request.task, description, records, template, options, request.tokenizer)

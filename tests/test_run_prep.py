@@ -1,0 +1,36 @@
+"""`parsetune run`'s prep step is `parsetune prep`: same function, same files, same checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ASSETS, run_cli
+from parsetune.errors import UserError
+from pipelines.config import PrepSection, TrainConfig
+from pipelines.run import prep_data
+
+
+def test_run_prepares_exactly_what_prep_prepares(tmp_path, tiny_model_dir):
+    train = tmp_path / "train-source.jsonl"
+    train.write_bytes((ASSETS / "viggo_validation_50.jsonl").read_bytes())
+    validation = str(ASSETS / "viggo_validation_50.jsonl")
+    config = TrainConfig(model=str(tiny_model_dir), prep=PrepSection(train=str(train), validation=validation, instruction="", few_shot=1))
+    prep_data(config, str(tmp_path / "run"))
+    result = run_cli("prep", "viggo", "--train", str(train), "--validation", validation, "--instruction", "", "--few-shot", "1",
+                     "--tokenizer", str(tiny_model_dir), "--out", str(tmp_path / "prep"))
+    assert result.returncode == 0, result.stderr
+    for name in ("train.jsonl", "validation.jsonl"):
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "prep" / name).read_bytes()
+    by_run, by_prep = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("run", "prep"))
+    by_run.pop("created_at"), by_prep.pop("created_at")
+    assert by_run == by_prep and by_run["splits"]["train"]["tokens"]["max_total"] > 0
+
+
+def test_run_refuses_one_file_as_two_splits(tmp_path, tiny_model_dir):
+    validation = str(ASSETS / "viggo_validation_50.jsonl")
+    config = TrainConfig(model=str(tiny_model_dir), prep=PrepSection(train=validation, validation=validation))
+    with pytest.raises(UserError, match="--train and --validation are the same file"):
+        prep_data(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
