@@ -52,11 +52,13 @@ class Fake:
         (self.root / "calls.jsonl").unlink(missing_ok=True)
 
     def kill_jobs(self) -> None:
-        for pid_file in glob.glob(str(self.root / "*" / "worker-*" / "parsetune" / "jobs" / "*.pid")):
-            try:
-                os.killpg(int(Path(pid_file).read_text()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
+        pids = glob.glob(str(self.root / "*" / "worker-*" / "parsetune" / "jobs" / "*.pid")) + glob.glob(str(self.root / "preempter.pids"))
+        for pid_file in pids:
+            for pid in Path(pid_file).read_text().split():
+                try:
+                    os.killpg(int(pid), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
 
 
 @pytest.fixture
@@ -494,3 +496,44 @@ def test_dry_run_comments_cannot_become_commands(fake, capfd, monkeypatch, tmp_p
                          capture_output=True, text=True)  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert os.listdir(sandbox) == []
+
+
+# ---- preemption: submit --max-restarts (stand-in parsetune; the real one: test_tpu_pod.py) ----
+
+
+@pytest.mark.parametrize("action, state", [("preempt", "PREEMPTED"), ("vanish", "NOT_FOUND")])
+def test_max_restarts_recreates_a_lost_spot_tpu(fake, capfd, monkeypatch, action, state):
+    monkeypatch.setenv("FAKE_GCLOUD_PREEMPT_AFTER", "1")  # seconds after the job started
+    monkeypatch.setenv("FAKE_GCLOUD_PREEMPT_ACTION", action)
+    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "3")
+    create_and_setup(fake, capfd, accel="v3-8")
+    code = tpu("submit", *ONE_HOST, "--config", CONFIG, *GS_RUN, "--job", "j", "--max-restarts", "2", "--poll", "0.2")
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert f"restart 1 of 2: TPU viggo-lora is {state}; recreating it and starting job j again" in out
+    assert "job j finished: exit status 0 after 1 restart(s)" in out and "restart 2" not in out
+    verbs = [a[3] for a in fake.argvs() if a[:3] == ["compute", "tpus", "tpu-vm"]]
+    assert verbs.count("create") == 1 and verbs.count("delete") == (1 if action == "preempt" else 0)
+    assert (fake.root / "preemptions-viggo-lora").read_text().count("\n") == 1
+    log = (fake.home(0) / "parsetune/jobs/j.log").read_text()  # the recreated worker ran the same job to the end
+    assert "fake parsetune argv: train parsetune/jobs/j.yaml --run_dir gs://some-bucket/runs/x" in log and "train done" in log
+    assert (fake.home(0) / "seen_WANDB_API_KEY").read_text() == SECRET  # the secrets reached the new VM too
+    assert SECRET not in out + err
+
+
+def test_watch_without_restarts_and_failures_are_not_restarted(fake, capfd, monkeypatch):
+    monkeypatch.setenv("FAKE_GCLOUD_PREEMPT_AFTER", "0.5")
+    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "5")
+    create_and_setup(fake, capfd, accel="v3-8")
+    err = error_of(capfd, "submit", *ONE_HOST, "--config", CONFIG, "--job", "j", "--watch", "--poll", "0.2")
+    assert err == "parsetune tpu: error: job j lost: TPU viggo-lora is PREEMPTED; pass --max-restarts N to recover"
+    # a job that fails on a READY TPU is reported, not restarted
+    assert tpu("delete", *WHERE, "--yes") == 0
+    monkeypatch.delenv("FAKE_GCLOUD_PREEMPT_AFTER")
+    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "0")
+    monkeypatch.setenv("FAKE_TRAIN_FAIL_WORKER", "1")
+    create_and_setup(fake, capfd, accel="v4-16")
+    err = error_of(capfd, "submit", *WHERE, "--accelerator-type", "v4-16", "--config", CONFIG, *GS_RUN, "--job", "k",
+                   "--max-restarts", "3", "--poll", "0.2")  # fmt: skip
+    assert err.startswith("parsetune tpu: error: job failed on worker 1: exited (exit status 1): ")
+    assert "create" not in [a[3] for a in fake.argvs() if len(a) > 3]
