@@ -164,6 +164,7 @@ if [ -z "$JOB" ]; then echo "state=none"; exit 0; fi
 echo "job=$JOB"
 if [ -f "$J/$JOB.rc" ]; then echo "state=exited"; echo "rc=$(cat "$J/$JOB.rc")"
 elif [ -f "$J/$JOB.pid" ] && alive "$(cat "$J/$JOB.pid")"; then echo "state=running"
+elif [ -f "$J/$JOB.rc" ]; then echo "state=exited"; echo "rc=$(cat "$J/$JOB.rc")"  # it ended between the two checks
 elif [ -f "$J/$JOB.pid" ]; then echo "state=died"
 else echo "state=unknown"; fi
 echo "--- log"

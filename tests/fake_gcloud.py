@@ -216,7 +216,8 @@ def start_preempter(name: str) -> None:
     done = len(open(done_file).read().split()) if os.path.exists(done_file) else 0
     if not condition or done >= int(os.environ.get("FAKE_GCLOUD_PREEMPT_TIMES", "1")):
         return
-    proc = subprocess.Popen([sys.executable, __file__, "--preempter", name, condition], start_new_session=True,
+    port = str(load()[name]["port"])  # identifies this VM: a recreated one gets a new port
+    proc = subprocess.Popen([sys.executable, __file__, "--preempter", name, condition, port], start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(os.path.join(ROOT, "preempter.log"), "a"))
     with open(os.path.join(ROOT, "preempter.pids"), "a") as f:
         f.write(f"{proc.pid}\n")
@@ -235,12 +236,12 @@ def condition_met(name: str, condition: str) -> bool:
     return bool(started) and time.time() - min(os.path.getmtime(p) for p in started) >= float(condition)
 
 
-def preempter(name: str, condition: str) -> int:
+def preempter(name: str, condition: str, port: int) -> int:
     """Reclaim TPU ``name`` once ``condition`` holds: PREEMPTED first (as GCP reports), then its jobs die."""
     deadline = time.time() + 900
     while time.time() < deadline:
         tpu = load().get(name)
-        if tpu is None:
+        if tpu is None or tpu.get("port") != port:
             return 0
         try:
             met = condition_met(name, condition)
@@ -248,15 +249,17 @@ def preempter(name: str, condition: str) -> int:
             print(f"preempter: {err!r}", file=sys.stderr)
             met = False
         if met:
+            with open(os.path.join(ROOT, f"preemptions-{name}"), "a") as f:  # first: a create from now on is spared
+                f.write(f"{time.time()}\n")
             tpus = load()
+            if tpus.get(name, {}).get("port") != port:
+                return 0  # (deleted or recreated meanwhile: that is another VM)
             if os.environ.get("FAKE_GCLOUD_PREEMPT_ACTION") == "vanish":  # the VM is simply gone: NOT_FOUND
                 del tpus[name]
             else:
                 tpus[name]["state"] = "PREEMPTED"
             save(tpus)
             kill_jobs(name)
-            with open(os.path.join(ROOT, f"preemptions-{name}"), "a") as f:
-                f.write(f"{time.time()}\n")
             return 0
         time.sleep(0.1)
     return 1
@@ -264,7 +267,7 @@ def preempter(name: str, condition: str) -> int:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--preempter"]:
-        return preempter(argv[1], argv[2])
+        return preempter(argv[1], argv[2], int(argv[3]))
     record(argv)
     pos, opts = flags(argv)
     if pos[:2] == ["auth", "list"]:
