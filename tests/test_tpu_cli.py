@@ -404,6 +404,29 @@ def test_help(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--dry-run" in out and "--run-dir" in out and "examples" in out
+    assert "--max-restarts" in out and "-- export --checkpoint" in out and "-- eval generate" in out
+
+
+def test_each_worker_gets_the_pod_environment(fake, capfd, monkeypatch):
+    """The stand-in gives worker i what a TPU VM's JAX detects: one coordinator, the process count, index i."""
+    monkeypatch.setenv("FAKE_GCLOUD_DEVICES_PER_WORKER", "3")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1")
+    create_and_setup(fake, capfd, accel="v4-16")  # 2 hosts
+    assert tpu("submit", *WHERE, "--accelerator-type", "v4-16", "--config", CONFIG, *GS_RUN, "--job", "p") == 0
+    port = json.loads((fake.root / "tpus.json").read_text())["viggo-lora"]["port"]
+    for w in (0, 1):
+        assert wait_for(lambda: (fake.home(w) / "parsetune/jobs/p.rc").exists())
+        log = (fake.home(w) / "parsetune/jobs/p.log").read_text()
+        assert f"pod: 127.0.0.1:{port} 2 {w} --xla_force_host_platform_device_count=3 cpu http://127.0.0.1:1" in log
+
+
+def test_dry_run_with_max_restarts(fake, capfd, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert tpu("submit", "--config", CONFIG, *GS_RUN, "--job", "j", "--max-restarts", "2", "--poll", "5", "--dry-run") == 0
+    out = capfd.readouterr().out
+    assert "# then every 5 s: describe viggo-lora and probe job j on each worker until it ends; when the TPU is " \
+           "PREEMPTED, TERMINATED or NOT_FOUND: delete, create, setup and start the job again (at most 2 times)" in out
+    assert not (fake.root / "calls.jsonl").exists()
 
 
 # ---- one run dir, checked first; any job; secrets masked everywhere; dry-run comments stay comments ----
