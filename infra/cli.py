@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from infra import ops
+from infra.jobs import parse_job
 from infra.runner import Runner
 from infra.settings import load_settings
 from parsetune.errors import UserError
@@ -15,11 +16,29 @@ examples (the tpu: section of CONFIG can hold name, zone, accelerator_type, ... 
   parsetune tpu create --name viggo --zone us-central2-b --accelerator-type v4-32 --spot
   parsetune tpu setup  --name viggo --zone us-central2-b
   WANDB_API_KEY=... parsetune tpu submit --config configs/viggo/llama2_7b_lora_tpu.yaml --run-dir gs://BUCKET/runs/viggo
+  parsetune tpu submit --config configs/viggo/llama2_7b_lora_tpu.yaml --max-restarts 3     # wait; recreate a preempted spot VM
+  parsetune tpu submit --config configs/viggo/llama2_7b_lora_tpu.yaml -- export --checkpoint gs://BUCKET/runs/viggo/checkpoints/step-119 --out gs://BUCKET/runs/viggo/hf-119
   parsetune tpu logs   --config configs/viggo/llama2_7b_lora_tpu.yaml --follow
   parsetune tpu status --config configs/viggo/llama2_7b_lora_tpu.yaml
   parsetune tpu stop   --config configs/viggo/llama2_7b_lora_tpu.yaml
   parsetune tpu delete --config configs/viggo/llama2_7b_lora_tpu.yaml --yes
 add --dry-run to any of them to print the gcloud commands without running anything."""
+
+
+SUBMIT_DESCRIPTION = """\
+Start a parsetune job on the TPU workers, detached (log: ~/parsetune/jobs/JOB.log on each worker).
+Nothing is copied or started until every worker has parsetune installed and no job running.
+
+  parsetune tpu submit --config C                             parsetune train C --run_dir RUN_DIR
+  parsetune tpu submit --config C -- --trainer.num_train_steps 5   (train overrides, as before)
+  parsetune tpu submit --config C -- run --eval.limit 200     parsetune run C --run_dir RUN_DIR ...
+  parsetune tpu submit --config C -- export --checkpoint RUN_DIR/checkpoints/step-N --out RUN_DIR/hf-N
+  parsetune tpu submit --config C -- eval generate --model DIR --data SPLIT.jsonl --out PREDICTIONS.jsonl
+
+train and run get CONFIG (copied to every worker) and RUN_DIR (--run-dir, tpu.run_dir, or the config's
+own gs:// run_dir) and run on all workers as one multi-host job: a TPU with more than one worker needs
+a gs:// RUN_DIR. export, eval and prep run on worker 0 with their arguments as given (--config then only
+says where the TPU is). --max-restarts N waits for the job and recovers from spot preemptions."""
 
 
 def add_target_options(p: argparse.ArgumentParser, full: bool) -> None:
@@ -63,10 +82,11 @@ def run_setup(args) -> int:
 
 
 def run_submit(args) -> int:
-    if not args.config:
-        raise UserError("submit needs --config CONFIG (the training config to run)")
-    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    return ops.submit(runner_for(args), settings_from(args), args.config, args.job, train_args)
+    spec = parse_job(args.job_args)
+    return ops.submit(
+        runner_for(args), settings_from(args), args.config, spec, args.job, args.worker,
+        watch=args.watch, max_restarts=args.max_restarts, poll=args.poll,
+    )  # fmt: skip
 
 
 def run_logs(args) -> int:
@@ -98,9 +118,10 @@ def register(subparsers) -> None:
         "tpu",
         help="create TPU VMs and submit training jobs to them with gcloud",
         description="Run parsetune on Cloud TPU VMs through gcloud: create a TPU VM, install parsetune and "
-        "jax[tpu] on every worker, start `parsetune train CONFIG` on all workers in the background, follow its "
-        "logs, stop it, delete the TPU. WANDB_API_KEY and HF_TOKEN from your environment reach the workers in "
-        "a private env file, never on a command line.",
+        "jax[tpu] on every worker, start a job (`parsetune train CONFIG` on all workers by default; run, export, "
+        "eval, prep) in the background, follow its logs, recover it from spot preemptions, stop it, delete the "
+        "TPU. WANDB_API_KEY and HF_TOKEN from your environment reach the workers in a private env file, never "
+        "on a command line.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -118,14 +139,23 @@ def register(subparsers) -> None:
     p.add_argument("--source", help="what to install: 'local' (git archive of this checkout's HEAD), a .whl/.tar.gz "
                    "file, git+https://HOST/REPO@REF, or any pip requirement [local]")
 
-    p = add("submit", "copy CONFIG and start `parsetune train CONFIG` on all workers in the background", run_submit)
+    p = add("submit", "start a parsetune job (train by default; run, export, eval, prep) on the workers in the background",
+            run_submit)
+    p.description = SUBMIT_DESCRIPTION
     p.add_argument("--run-dir", dest="run_dir", metavar="GS_URL",
-                   help="gs://bucket/prefix: CONFIG is copied to RUN_DIR/config.yaml, exported as PARSETUNE_RUN_DIR "
-                   "[tpu.run_dir; without one the config is copied to each worker]")
+                   help="gs://bucket/prefix: train/run write here (passed as --run_dir; required on a multi-host TPU) "
+                   "[tpu.run_dir, else the config's run_dir when it is gs://]")
     p.add_argument("--job", help="job name (log: ~/parsetune/jobs/JOB.log) [config name + UTC time]")
+    p.add_argument("--worker", metavar="all|N", help="where the job runs [all for train/run, 0 for export/eval/prep]")
     p.add_argument("--secret", action="append", metavar="ENV_NAME",
                    help="also send this local environment variable (besides WANDB_API_KEY, HF_TOKEN); repeatable")
-    p.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: extra arguments for parsetune train")
+    p.add_argument("--watch", action="store_true", help="stay: poll until the job ends; exit status 0 only if it succeeded")
+    p.add_argument("--max-restarts", dest="max_restarts", type=int, default=0, metavar="N",
+                   help="implies --watch: when the TPU is PREEMPTED/TERMINATED/gone, delete, create, setup and rerun "
+                   "the job (it resumes from its gs:// checkpoints), at most N times [%(default)s]")
+    p.add_argument("--poll", type=float, default=60.0, metavar="SECONDS", help="seconds between checks with --watch [%(default)s]")
+    p.add_argument("job_args", nargs=argparse.REMAINDER, metavar="-- [COMMAND] ARGS",
+                   help="after --: train overrides (--key value), or train|run|export|eval|prep and its arguments")
 
     for name, help, func in (
         ("logs", "print the job's log from every worker (or --worker N), or --follow it", run_logs),

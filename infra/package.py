@@ -19,7 +19,7 @@ from infra import remote
 from parsetune.errors import UserError
 
 ARCHIVE_NAME = "parsetune-src.tar.gz"
-SAFE_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+SAFE_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 FILE_SUFFIXES = (".whl", ".tar.gz", ".zip")
 
 
@@ -66,7 +66,7 @@ def resolve(source: str, tmpdir: str) -> Package:
         if not os.path.isfile(source):
             raise UserError(f"setup source {source}: no such file")
         name = os.path.basename(source)
-        if not SAFE_FILE_RE.match(name):
+        if not SAFE_FILE_RE.fullmatch(name):
             raise UserError(f"setup source {source}: rename it to letters, digits and ._+- only")
         return Package(local_file=source, remote_file=f"{remote.DIST}/{name}", describe=source)
     if source.startswith("git+"):

@@ -107,11 +107,10 @@ def prepare() -> str:
 
 
 # The job itself, written to parsetune/jobs/JOB.sh: $1 env file (sourced, then deleted before anything
-# else runs), $2 exit-status file, $3 run dir, then the command. No secret is ever an argument.
+# else runs), $2 exit-status file, then the command. No secret is ever an argument.
 JOB_SCRIPT = """set -a; . "$1"; set +a; rm -f -- "$1"
 rc_file=$2
-if [ -n "$3" ]; then export PARSETUNE_RUN_DIR="$3"; fi
-shift 3
+shift 2
 echo "[parsetune tpu] $(date -u +%Y-%m-%dT%H:%M:%SZ) start on $(hostname): $*"
 "$@"
 rc=$?
@@ -129,17 +128,33 @@ cat > "$J/$JOB.sh" <<"PARSETUNE_JOB"
 {JOB_SCRIPT}PARSETUNE_JOB
 rm -f "$J/$JOB.rc"
 echo "$JOB" > "$J/current"
-setsid nohup bash "$J/$JOB.sh" "$ENV_FILE" "$J/$JOB.rc" "$RUN_DIR" "$@" < /dev/null > "$J/$JOB.log" 2>&1 &
+setsid nohup bash "$J/$JOB.sh" "$ENV_FILE" "$J/$JOB.rc" "$@" < /dev/null > "$J/$JOB.log" 2>&1 &
 echo "$!" > "$J/$JOB.pid"
 echo "started $JOB as pid $! on $(hostname)"
 """
 
 
-def launch(job: str, config: str, run_dir: str | None, train_args: list[str]) -> str:
-    """Start ``parsetune train CONFIG ...`` in the background in its own session, output to the job log."""
-    argv = [f"{VENV}/bin/parsetune", "train", config, *train_args]
-    body = positional(argv) + LAUNCH_BODY
-    return step("launch", body, JOB=job, RUN_DIR=run_dir or "")
+PARSETUNE = f"{VENV}/bin/parsetune"
+
+
+def launch(job: str, argv: list[str]) -> str:
+    """Start ``argv`` (``parsetune/venv/bin/parsetune COMMAND ...``) in the background in its own session,
+    output to the job log."""
+    return step("launch", positional(argv) + LAUNCH_BODY, JOB=job)
+
+
+ELSEWHERE = f"""cd "$HOME" || exit 1
+J={JOBS}
+echo "$JOB" > "$J/current"
+echo "[parsetune tpu] job $JOB runs on worker $RUN_ON only" > "$J/$JOB.log"
+echo skipped > "$J/$JOB.rc"
+"""
+
+
+def elsewhere(job: str, run_on: int) -> str:
+    """On the workers that do not run a one-worker job: make it their current job, marked ``skipped``, so
+    ``status``/``logs``/``stop`` and the next ``submit`` see one job on the whole slice."""
+    return assignments(JOB=job, RUN_ON=int(run_on)) + ELSEWHERE
 
 
 PROBE = f"""cd "$HOME" || exit 1
@@ -149,6 +164,7 @@ if [ -z "$JOB" ]; then echo "state=none"; exit 0; fi
 echo "job=$JOB"
 if [ -f "$J/$JOB.rc" ]; then echo "state=exited"; echo "rc=$(cat "$J/$JOB.rc")"
 elif [ -f "$J/$JOB.pid" ] && alive "$(cat "$J/$JOB.pid")"; then echo "state=running"
+elif [ -f "$J/$JOB.rc" ]; then echo "state=exited"; echo "rc=$(cat "$J/$JOB.rc")"  # it ended between the two checks
 elif [ -f "$J/$JOB.pid" ]; then echo "state=died"
 else echo "state=unknown"; fi
 echo "--- log"

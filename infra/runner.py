@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -34,6 +35,11 @@ class Result:
         return self.rc == 0
 
 
+def one_line(text: str) -> str:
+    """``text`` with every control character (newline, carriage return, escape, ...) written as ``\\n``, ``\\x1b``, ..."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def error_line(stderr: str) -> str:
     """gcloud's own error message: its first ``ERROR:`` line, else the last non-empty line."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
@@ -54,8 +60,13 @@ class Runner:
         print(self.secrets.mask(text), file=self.err if to_err else self.out, flush=True)
 
     def step(self, message: str) -> None:
-        """Progress: what happens next (a comment line in a dry run)."""
-        self.say(("# " if self.dry_run else "==> ") + message)
+        """Progress: what happens next (a comment line in a dry run).
+
+        Control characters (a newline in a path, a config name or ``tpu.run_dir``) are escaped, so the
+        message stays one line: in a dry run's script, a raw newline would end the ``#`` comment and make
+        the rest of the value a command.
+        """
+        self.say(("# " if self.dry_run else "==> ") + one_line(message))
 
     def show(self, argv: list[str]) -> None:
         """Print ``argv``; a real run abbreviates a multi-line ``--command`` script (``--dry-run`` prints it whole)."""
@@ -76,10 +87,12 @@ class Runner:
             raise UserError(f"gcloud not found on PATH: {INSTALL_HINT}")
 
     def run(self, argv: list[str], *, what: str, capture: bool = False, check: bool = True, show: bool = True) -> Result:
-        """Run ``argv``; ``capture`` keeps stdout (else it streams to the terminal).
+        """Run ``argv``; ``capture`` keeps stdout (else it streams to the terminal, masked).
 
         stderr is always read so a failure can be reported; without ``capture`` it is relayed live.
-        With ``check``, a non-zero exit raises ``UserError("WHAT failed: <gcloud's error line>")``.
+        Streamed output passes through :meth:`Secrets.mask` line by line (a job's log can print a
+        secret; ``tpu logs --follow`` must not show it). With ``check``, a non-zero exit raises
+        ``UserError("WHAT failed: <gcloud's error line>")``.
         """
         if show:
             self.show(argv)
@@ -89,7 +102,7 @@ class Runner:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL if capture else None,
-                stdout=subprocess.PIPE if capture else None,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
@@ -100,12 +113,11 @@ class Runner:
         if capture:
             stdout, stderr = proc.communicate()
         else:
-            kept = []
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                kept.append(line)
-                self.err.write(self.secrets.mask(line))
-                self.err.flush()
+            kept: list[str] = []
+            relay_err = threading.Thread(target=self._relay, args=(proc.stderr, self.err, kept), daemon=True)
+            relay_err.start()
+            self._relay(proc.stdout, self.out, None)
+            relay_err.join()
             proc.wait()
             stdout, stderr = "", "".join(kept[-200:])
         result = Result(argv, proc.returncode, stdout or "", stderr or "")
@@ -113,10 +125,19 @@ class Runner:
             raise UserError(f"{what} failed: {self.secrets.mask(error_line(result.stderr))}")
         return result
 
-    def run_many(self, argvs: list[list[str]], *, what: str) -> list[Result]:
+    def _relay(self, stream, to: TextIO, keep: list[str] | None) -> None:
+        assert stream is not None
+        for line in stream:
+            if keep is not None:
+                keep.append(line)
+            to.write(self.secrets.mask(line))
+            to.flush()
+
+    def run_many(self, argvs: list[list[str]], *, what: str, show: bool = True) -> list[Result]:
         """Run several commands at once (one per worker), capturing output; results in order, never raises."""
         for argv in argvs:
-            self.show(argv)
+            if show:
+                self.show(argv)
         if self.dry_run:
             return [Result(argv, 0) for argv in argvs]
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, max(1, len(argvs)))) as pool:

@@ -37,9 +37,13 @@ class Secrets:
         return " ".join(f"{name}={MASK}" for name in self.values) or "no secrets"
 
     def mask(self, text: str) -> str:
-        """``text`` with every secret value replaced by ``****`` (longest first, so no partial leaks)."""
+        """``text`` with every secret value replaced by ``****`` (longest first, so no partial leaks).
+
+        Every non-empty value is masked, however short: a 3-character secret is still a secret (and a
+        short one may mask innocent text too; better than printing it).
+        """
         for value in sorted(self.values.values(), key=len, reverse=True):
-            if len(value) >= 4:
+            if value:
                 text = text.replace(value, MASK)
         return text
 

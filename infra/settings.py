@@ -26,7 +26,7 @@ from parsetune import storage
 from parsetune.errors import UserError
 
 DEFAULT_SECRETS = ("WANDB_API_KEY", "HF_TOKEN")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 TARGET_KEYS = {f.name: f.type for f in fields(TpuTarget)}
 BOOL_KEYS = {"spot", "preemptible", "queued"}
@@ -40,14 +40,14 @@ class TpuSettings:
 
     target: TpuTarget
     source: str = "local"  # 'local' (archive of this checkout), a .whl/.tar.gz file, or a pip spec / git+URL@REF
-    run_dir: str | None = None  # gs://bucket/prefix: the config copy goes here; exported as PARSETUNE_RUN_DIR
+    run_dir: str | None = None  # gs://bucket/prefix: train/run jobs get it as their --run_dir override
     secrets: tuple[str, ...] = DEFAULT_SECRETS  # names of local environment variables sent to the workers
 
     def __post_init__(self) -> None:
         if self.run_dir is not None and not storage.is_gcs(self.run_dir):
             raise UserError(f"run_dir {self.run_dir!r}: must be a gs://bucket/prefix URL (every worker reads it)")
         for name in self.secrets:
-            if not ENV_NAME_RE.match(name):
+            if not ENV_NAME_RE.fullmatch(name):
                 raise UserError(f"invalid secret name {name!r}: expected an environment variable name")
         if not self.source:
             raise UserError("setup source is empty: use 'local', a wheel/sdist file, or a pip requirement")
@@ -104,14 +104,20 @@ def merge_settings(section: dict[str, Any], overrides: dict[str, Any], where: st
     return TpuSettings(target=target, **extra)
 
 
-def training_run_dir(config_path: str) -> str | None:
-    """The training config's own top-level ``run_dir`` when it is on gs:// (every worker reads it)."""
+def declared_run_dir(config_path: str) -> str | None:
+    """The training config's own top-level ``run_dir`` (None when absent or unreadable)."""
     try:
         document = yaml.safe_load(storage.read_text(config_path)) or {}
-    except yaml.YAMLError:
+    except (yaml.YAMLError, OSError, UserError):
         return None
     run_dir = document.get("run_dir") if isinstance(document, dict) else None
-    return run_dir if isinstance(run_dir, str) and storage.is_gcs(run_dir) else None
+    return run_dir if isinstance(run_dir, str) else None
+
+
+def training_run_dir(config_path: str) -> str | None:
+    """The training config's own ``run_dir`` when it is on gs:// (every worker reads it)."""
+    run_dir = declared_run_dir(config_path)
+    return run_dir if run_dir and storage.is_gcs(run_dir) else None
 
 
 def load_settings(config_path: str | None, overrides: dict[str, Any]) -> TpuSettings:

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from parsetune.errors import UserError
 
-NAME_RE = re.compile(r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$")
-ZONE_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
-PROJECT_RE = re.compile(r"^(?:[a-z][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]$")
-RUNTIME_RE = re.compile(r"^[a-z0-9][-a-z0-9.]{0,62}$")
-ACCELERATOR_RE = re.compile(r"^(v2|v3|v4|v5p|v5litepod|v6e)-([0-9]+)$")
+NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+ZONE_RE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")
+PROJECT_RE = re.compile(r"(?:[a-z][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]")
+RUNTIME_RE = re.compile(r"[a-z0-9][-a-z0-9.]{0,62}")
+ACCELERATOR_RE = re.compile(r"(v2|v3|v4|v5p|v5litepod|v6e)-([0-9]+)")
 
 # Default software image per TPU generation (Cloud TPU docs, "TPU software versions").
 DEFAULT_RUNTIME = {
@@ -46,7 +46,7 @@ class Accelerator:
 
 
 def parse_accelerator(text: str) -> Accelerator:
-    m = ACCELERATOR_RE.match(text or "")
+    m = ACCELERATOR_RE.fullmatch(text or "")
     if not m:
         raise UserError(f"unknown accelerator type {text!r}: expected {ACCELERATOR_HELP}, e.g. v3-8, v4-32, v5litepod-8")
     family, size = m.group(1), int(m.group(2))
@@ -60,7 +60,7 @@ def parse_accelerator(text: str) -> Accelerator:
 
 
 def check_name(name: str) -> str:
-    if not name or not NAME_RE.match(name):
+    if not name or not NAME_RE.fullmatch(name):
         raise UserError(
             f"invalid TPU name {name!r}: use lowercase letters, digits and hyphens, start with a letter, "
             "at most 63 characters, no trailing hyphen"
@@ -69,7 +69,7 @@ def check_name(name: str) -> str:
 
 
 def check_zone(zone: str) -> str:
-    if not zone or not ZONE_RE.match(zone):
+    if not zone or not ZONE_RE.fullmatch(zone):
         raise UserError(f"invalid zone {zone!r}: expected a GCP zone such as us-central2-b or europe-west4-a")
     return zone
 
@@ -91,9 +91,9 @@ class TpuTarget:
         check_name(self.name)
         check_zone(self.zone)
         parse_accelerator(self.accelerator_type)
-        if self.runtime_version is not None and not RUNTIME_RE.match(self.runtime_version):
+        if self.runtime_version is not None and not RUNTIME_RE.fullmatch(self.runtime_version):
             raise UserError(f"invalid runtime version {self.runtime_version!r}: expected e.g. tpu-ubuntu2204-base")
-        if self.project is not None and not PROJECT_RE.match(self.project):
+        if self.project is not None and not PROJECT_RE.fullmatch(self.project):
             raise UserError(f"invalid project id {self.project!r}: expected lowercase letters, digits and hyphens")
         if self.spot and self.preemptible:
             raise UserError("choose one of --spot and --preemptible, not both")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 
@@ -12,6 +13,8 @@ from hypothesis import strategies as st
 
 from conftest import ASSETS
 from infra import gcloud, remote
+from infra.jobs import JobSpec, parse_job
+from infra.ops import check_job
 from infra.secrets import Secrets, private_dir, write_env_file
 from infra.settings import load_settings, merge_settings, read_tpu_section
 from infra.target import TpuTarget, parse_accelerator
@@ -125,3 +128,52 @@ def test_remote_values_stay_data(tmp_path_factory, job_value, run_dir, args):
     assert out.returncode == 0, out.stderr
     assert out.stdout.decode().split("\0")[:-1] == [job_value, run_dir, "train", *args]
     assert os.listdir(d) == []
+
+
+# ---- issue 14: anchors, short secrets; jobs after `--` ----
+
+
+@pytest.mark.parametrize("make", [
+    lambda: TpuTarget(name="ok\n", zone="us-central2-b"),
+    lambda: TpuTarget(name="ok", zone="us-central2-b\n"),
+    lambda: TpuTarget(name="ok", zone="us-central2-b", accelerator_type="v4-8\n"),
+    lambda: TpuTarget(name="ok", zone="us-central2-b", runtime_version="tpu-ubuntu2204-base\n"),
+    lambda: TpuTarget(name="ok", zone="us-central2-b", project="my-proj\n"),
+    lambda: check_job("job\n"),
+    lambda: merge_settings({"name": "a", "zone": "us-central2-b", "secrets": ["TOKEN\n"]}, {}),
+])  # fmt: skip
+def test_trailing_newline_is_rejected(make):
+    with pytest.raises(UserError):
+        make()
+
+
+def test_every_nonempty_secret_is_masked():
+    s = Secrets({"A": "xyz", "B": "q", "C": "longer-xyz"})
+    assert s.mask("a xyz b longer-xyz q") == "a **** b **** ****"
+    assert Secrets.from_environ(("A", "B"), {"A": "", "B": "ab"}).mask("ab cd") == "**** cd"
+
+
+def test_parse_job():
+    assert parse_job([]) == JobSpec("train")
+    assert parse_job(["--", "--trainer.num_train_steps", "5"]) == JobSpec("train", ("--trainer.num_train_steps", "5"))
+    assert parse_job(["train", "--x", "1"]) == JobSpec("train", ("--x", "1"))
+    run = parse_job(["--", "run", "--quick"])
+    assert run.argv("pt", "c.yaml", "gs://b/r") == ["pt", "run", "c.yaml", "--run_dir", "gs://b/r", "--quick"]
+    assert run.default_worker == "all" and run.needs_config
+    export = parse_job(["export", "--checkpoint", "gs://b/r/checkpoints/step-3", "--out", "gs://b/r/hf-3"])
+    assert export.argv("pt", "ignored", "ignored") == ["pt", "export", "--checkpoint", "gs://b/r/checkpoints/step-3", "--out", "gs://b/r/hf-3"]
+    assert export.default_worker == "0" and not export.needs_config
+    assert parse_job(["eval", "score", "p.jsonl", "--out", "d"]).argv("pt") == ["pt", "eval", "score", "p.jsonl", "--out", "d"]
+
+
+@pytest.mark.parametrize("words, message", [
+    (["tpu", "status"], "unknown job 'tpu'"),
+    (["trian"], "unknown job 'trian'"),
+    (["train", "other.yaml"], "takes its config from tpu submit --config"),
+    (["--run_dir", "gs://b/x"], "pass the run dir as `parsetune tpu submit --run-dir"),
+    (["run", "--run_dir=x"], "pass the run dir"),
+    (["eval"], "eval needs a subcommand"),
+])  # fmt: skip
+def test_bad_jobs(words, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_job(words)
