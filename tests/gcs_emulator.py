@@ -1,5 +1,10 @@
 """``gcp-storage-emulator`` with GCS's generation preconditions, for the tests.
 
+Reads, too, behave as GCS's do where tensorstore (Levanter's checkpoints) relies on it: a download
+names the object's generation in ``x-goog-generation``, and ``ifGenerationNotMatch=N`` answers
+``304 Not Modified`` when the object is still at generation N. Without these a cached chunk read
+twice (two devices of a process reading one replicated shard) fails with "Malformed StorageGeneration".
+
 The stock emulator ignores ``ifGenerationMatch``, so create-only writes and conditional deletes
 would pass unchecked. This launcher adds the check the real service makes: a request carrying
 ``ifGenerationMatch=N`` that would create, replace or delete an object answers
@@ -15,6 +20,7 @@ import sys
 from http import HTTPStatus
 
 from gcp_storage_emulator import server
+from gcp_storage_emulator.handlers import objects
 from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.storage import Storage
 
@@ -74,6 +80,29 @@ def urllib_query(path: str) -> dict[str, list[str]]:
 
 
 server.Router.handle = handle
+_download = objects.download
+
+
+def download(request, response, storage, *args, **kwargs):
+    """The stock download, plus the generation header and ``ifGenerationNotMatch`` (304)."""
+    try:
+        obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+    except NotFound:
+        return _download(request, response, storage, *args, **kwargs)
+    generation = str(obj.get("generation"))
+    response["x-goog-generation"] = generation
+    response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+    if generation in request.query.get("ifGenerationNotMatch", []):
+        response.status = HTTPStatus.NOT_MODIFIED
+        return None
+    return _download(request, response, storage, *args, **kwargs)
+
+
+objects.download = download  # objects.get (``alt=media``) calls it by name
+for _regex, _handlers in server.HANDLERS:  # the routing table holds the function itself
+    for _method, _handler in list(_handlers.items()):
+        if _handler is _download:
+            _handlers[_method] = download
 
 if __name__ == "__main__":
     emulator = server.create_server("127.0.0.1", int(sys.argv[1]), in_memory=True)
