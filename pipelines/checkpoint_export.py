@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import os
 
-import draccus
 import jax
 
 from parsetune import storage
@@ -22,7 +21,9 @@ def run_config_for(checkpoint: str, config_path: str | None) -> TrainConfig:
         config_path = storage.join(run_dir, "config.yaml")
     if not storage.exists(config_path):
         raise UserError(f"{config_path}: no run config found; pass --config RUN_DIR/config.yaml")
-    return draccus.parse(config_class=TrainConfig, config_path=config_path, args=[])
+    from pipelines.train import parse_config
+
+    return parse_config(config_path, [])
 
 
 @contextlib.contextmanager
@@ -46,7 +47,9 @@ def trained_model(checkpoint: str, config_path: str | None = None):
         id=(config.trainer.id or "run") + "-export",
         tracker=levanter.tracker.NoopConfig(),
     )
-    config = dataclasses.replace(config, trainer=trainer_config)
+    from pipelines import distributed
+
+    config = dataclasses.replace(config, trainer=distributed.initialize(trainer_config))  # a pod exports together
     levanter.initialize(config)
     quiet_library_logs()
     converter = converter_for_checkpoint(config.model)

@@ -271,10 +271,19 @@ def parse_config(config_path: str, overrides: list[str]) -> TrainConfig:
     import contextlib
     import io
 
+    import tempfile
+
     messages = io.StringIO()
     try:
-        with contextlib.redirect_stderr(messages):  # argparse prints a 60-line usage before exiting
-            return draccus.parse(config_class=TrainConfig, config_path=config_path, args=overrides)
+        with contextlib.ExitStack() as stack:
+            readable = config_path
+            if storage.is_gcs(config_path):  # draccus opens the path itself: give it a local copy
+                local = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".yaml"))
+                local.write(storage.read_text(config_path))
+                local.flush()
+                readable = local.name
+            with contextlib.redirect_stderr(messages):  # argparse prints a 60-line usage before exiting
+                return draccus.parse(config_class=TrainConfig, config_path=readable, args=overrides)
     except SystemExit as err:
         reason = next((line.split("error:", 1)[1].strip() for line in messages.getvalue().splitlines() if "error:" in line), "")
         raise UserError(f"{config_path}: {reason or 'invalid config or override'} (see --help for the config keys)") from err

@@ -24,12 +24,8 @@ from train_helpers import prepare_tiny_data, run_train, tiny_config
 pytestmark = pytest.mark.slow
 
 METHOD = {"type": "lora", "r": 4, "alpha": 8}
-# One CPU device per simulated worker: with 2 (--xla_force_host_platform_device_count=2), reading a
-# checkpoint back from the GCS emulator fails in tensorstore ("Error reading gs://.../step-2/opt_state/
-# hyperparams/learning_rate/0: Malformed StorageGeneration"), both on resume and in `parsetune export`;
-# TEST_POD_DEVICES=2 shows it. The pod's shape (processes x devices) is what the 2-host test is about.
-DEVICES_PER_WORKER = int(os.environ.get("TEST_POD_DEVICES", "1"))
-MULTI_PROCESS = (REPO / "pipelines" / "distributed.py").exists()
+# Two CPU devices per simulated worker, so that a 2-worker slice is a data 2 x model 2 mesh across processes.
+DEVICES_PER_WORKER = int(os.environ.get("TEST_POD_DEVICES", "2"))
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +109,6 @@ def test_one_host_tpu_trains_real_parsetune_into_gcs(pod, capfd, gcs_bucket, tin
     assert "runs/pod/hf-step-2/model.safetensors" in exported and "runs/pod/hf-step-2/config.json" in exported
 
 
-@pytest.mark.skipif(not MULTI_PROCESS, reason="multi-process training (pipelines/distributed.py) is not on this branch yet")
 def test_two_host_pod_trains_as_one_job(pod, capfd, gcs_bucket, tiny_data, tiny_model_dir, tmp_path):
     """A v4-16 is 2 hosts: 2 real parsetune processes x 2 CPU devices form one JAX job writing one gs:// run dir."""
     train_on_pod(pod, capfd, gcs_bucket, tiny_data, tiny_model_dir, tmp_path, "v4-16", 2, steps=4)
