@@ -52,8 +52,11 @@ class StepLogger:
     ``step`` is Levanter's 0-based step index (checkpoint ``step-N`` holds the state after step N).
     """
 
-    def __init__(self, log: MetricsLog, real_tokens_per_step: np.ndarray, total_steps: int, start_step: int, show: bool = True):
+    def __init__(
+        self, log: MetricsLog, real_tokens_per_step: np.ndarray, total_steps: int, start_step: int, show: bool = True, flops=None
+    ):
         self.log = log
+        self.flops = flops  # a StepFlops: model FLOPs and MFU of each step (None: not logged)
         self.real_tokens_per_step = real_tokens_per_step
         self.total_steps = total_steps
         self.bar = tqdm(
@@ -72,12 +75,40 @@ class StepLogger:
         tokens = int(self.real_tokens_per_step[step])
         tokens_per_s = tokens / info.step_duration if info.step_duration > 0 else math.nan
         row = {"step": step, "train_loss": loss, "tokens": tokens, "tokens_per_s": round(tokens_per_s, 2), "step_s": round(info.step_duration, 4)}
+        tracked = {"train/loss": loss, "throughput/real_tokens_per_s": tokens_per_s}
+        if self.flops is not None and info.step_duration > 0:
+            report = self.flops.of_step(info.step_duration)
+            row["model_tflops_per_s"] = round(report.achieved_flops_per_second / 1e12, 6)
+            tracked["throughput/model_tflops_per_s"] = report.achieved_flops_per_second / 1e12
+            if report.mfu is not None:
+                row["mfu"] = round(report.mfu, 4)
+                tracked["throughput/mfu"] = report.mfu
         self.log.add(row, force_flush=info.next_step == self.total_steps)
-        levanter.tracker.log({"train/loss": loss, "throughput/real_tokens_per_s": tokens_per_s}, step=info.step)
+        levanter.tracker.log(tracked, step=info.step)
         self.bar.update(info.next_step - self.bar.n)
         self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
         if info.next_step >= self.total_steps:
             self.bar.close()
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    """What MFU needs to know about every step: tokens computed (padding included), model FLOPs per
+    token (pipelines/mfu.py), the devices and their peak (the table's, or a measured one on CPU)."""
+
+    tokens_per_step: int
+    flops_per_token: float
+    device_kind: str
+    num_devices: int
+    dtype: str
+    peak_per_device: float | None = None
+
+    def of_step(self, step_seconds: float):
+        from pipelines.mfu import step_mfu
+
+        return step_mfu(
+            self.tokens_per_step, step_seconds, self.flops_per_token, self.device_kind, self.num_devices, self.dtype, self.peak_per_device
+        )
 
 
 def masked_mean_loss(model, example) -> tuple[jnp.ndarray, jnp.ndarray]:

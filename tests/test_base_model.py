@@ -16,15 +16,6 @@ from conftest import run_cli
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "smollm2"
-    result = run_cli("prep", "model", "smollm2", "--out", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "stopped at EOS" in result.stdout
-    return out
-
-
 def test_checkpoint_loads_in_transformers_and_stops_at_eos(smollm2_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -87,7 +87,9 @@ def test_two_hosts_train_like_one(method, tiny_model_dir, tiny_data, tmp_path):
 
     # exactly one writer of the run files: one metrics row per step, one W&B run, one progress bar
     run = tmp_path / "two"
-    assert len([r for r in metrics(run) if "train_loss" in r]) == 4
+    steps_logged = [r for r in metrics(run) if "train_loss" in r]
+    assert len(steps_logged) == 4
+    assert all(r["model_tflops_per_s"] > 0 and 0 < r["mfu"] < 1 for r in steps_logged[1:]), "model FLOPs and MFU per step"
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1, "only process 0 runs W&B"
     assert "[host 1] train:" not in pod.stderr and "[host 0] train:" in pod.stderr
     assert (run / "config.yaml").exists() and (run / "hf" / "parsetune_export.json").exists()
@@ -140,3 +142,28 @@ def test_hosts_flag_fails_as_a_whole_naming_the_host(tiny_model_dir, tiny_data, 
     assert pod.returncode == 2
     last = pod.stderr.strip().splitlines()[-1]
     assert last.startswith("parsetune train: error: the simulated pod failed: host 1 was killed by SIGKILL"), last
+
+
+def test_smollm2_on_two_hosts_of_three_devices_trains_like_six_devices(smollm2_dir, tmp_path):
+    """The real model: SmolLM2's 9 heads / 3 KV heads shard over a model axis of 3; data 2 x model 3
+    as 2 processes x 3 devices, against 1 process x 6 devices (LoRA; the full fine-tune was measured
+    the same way, see docs/scaling.md)."""
+    from conftest import run_cli
+
+    data = tmp_path / "viggo"
+    assert run_cli("prep", "viggo", "--out", str(data)).returncode == 0
+    config = REPO / "configs" / "viggo" / "smollm2_lora_cpu.yaml"
+    common = ("--model", str(smollm2_dir), "--data.train", str(data / "train.jsonl"), "--data.validation", "null",
+              "--trainer.num_train_steps", "2", "--trainer.model_axis_size", "3", "--trainer.train_batch_size", "8",
+              "--export", "false")  # fmt: skip
+    single = run_train(config, *common, "--run_dir", str(tmp_path / "one"), env=DEVICES(6))
+    assert single.returncode == 0, single.stderr[-3000:]
+    pod = subprocess.run(
+        [sys.executable, "-m", "parsetune", "train", str(config), "--hosts", "2", *common, "--run_dir", str(tmp_path / "two")],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, **DEVICES(3)}, timeout=POD_TIMEOUT,
+    )
+    assert pod.returncode == 0, pod.stderr[-5000:]
+    expected, got = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert sorted(got) == [0, 1]
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), step
