@@ -25,8 +25,9 @@ import numpy as np
 
 from parsetune import storage
 from parsetune.errors import UserError
-from pipelines.config import FullConfig, LoraMethodConfig, TrainConfig, with_run_dir_defaults
+from pipelines.config import LoraMethodConfig, TrainConfig, with_run_dir_defaults
 from pipelines.data import LengthReport, PackedSequences, drop_too_long, epoch_order, pack, read_prepared, shuffled, tokenize_rows
+from pipelines.model_loading import load_model, lora_config_of
 
 logger = logging.getLogger("parsetune.train")
 
@@ -131,40 +132,6 @@ def eval_batches(packed: PackedSequences, batch_size: int, Pos: hax.Axis, Batch:
     return batches
 
 
-def load_model(config: TrainConfig, converter, trainer):
-    """The base HF model in Levanter form, loraized (B = 0) for LoRA; plus the trainable filter."""
-    from levanter.lora import lora_trainable_params_filter
-
-    from pipelines.levanter_compat import count_lora_modules, loraize_from_base, unroll_layers
-
-    try:
-        lev_config = config.compute.apply(converter.default_config)
-    except ValueError as err:
-        raise UserError(f"compute: {err}") from err
-    unrolled = getattr(lev_config, "scan_layers", True) is False
-    if unrolled:  # Levanter cannot load unrolled layers itself (see levanter_compat)
-        lev_config = dataclasses.replace(lev_config, scan_layers=True)
-    model = converter.load_pretrained(
-        lev_config.model_type, config=lev_config, axis_mapping=trainer.parameter_axis_mapping, dtype=trainer.mp.param_dtype
-    )
-    if unrolled:
-        model = unroll_layers(model)
-    if isinstance(config.method, FullConfig):
-        return model, True
-    lora = lora_config_of(config.method)
-    key = jax.random.PRNGKey(config.trainer.seed + 1)
-    model = hax.named_jit(lambda m: loraize_from_base(m, lora, key), axis_resources=trainer.parameter_axis_mapping)(model)
-    if count_lora_modules(model) == 0:
-        raise UserError(f"method.target_modules {config.method.target_modules!r} matches no linear layer of {config.model}")
-    return model, lora_trainable_params_filter(model)
-
-
-def lora_config_of(method: LoraMethodConfig):
-    from levanter.lora import LoraConfig
-
-    return LoraConfig(target_modules=method.target_modules, r=method.r, alpha=method.alpha, dropout=method.dropout)
-
-
 def step_flops(config: TrainConfig, model, trainer):
     """Model FLOPs per step and the devices' peak, for the MFU column of metrics.jsonl (None if the
     model family has no FLOP count here). On CPU, the peak is a measured matmul rate."""
@@ -187,7 +154,7 @@ def step_flops(config: TrainConfig, model, trainer):
 
 def export_run(config: TrainConfig, model, converter, step: int) -> None:
     from pipelines.export import export_merged_hf, export_peft_adapter
-    from pipelines.levanter_compat import read_hf_config
+    from pipelines.hf_files import read_hf_config
 
     is_lora = isinstance(config.method, LoraMethodConfig)
     marker = {"completed_steps": step, "base_model": config.model, "method": "lora" if is_lora else "full"}
