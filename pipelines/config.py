@@ -99,6 +99,9 @@ class PrepSection:
     test: Optional[str] = None
     hf: Optional[str] = None  # e.g. GEM/viggo, when the hub is reachable
     schema: Optional[str] = None  # JSON Schema for task json
+    text_field: str = "text"  # task json: the source field holding the input text
+    target_field: str = "json"  # task json: the source field holding the target object
+    id_field: str = "id"  # task json: the row id field (optional in the source)
     instruction: Optional[str] = None  # None: the task's default instruction; "" for none
     query_template: Optional[str] = None
     few_shot: int = 0

@@ -33,7 +33,6 @@ def done(started: float, what: str) -> None:
 
 def prep_data(config: TrainConfig, prep_dir: str) -> None:
     """The same prep as ``parsetune prep`` (``prep.prepare.prepare``), from the config's ``prep:``."""
-    from prep.json_task import JsonFields
     from prep.prepare import PrepRequest, prepare
     from prep.writer import MANIFEST_NAME
 
@@ -43,10 +42,7 @@ def prep_data(config: TrainConfig, prep_dir: str) -> None:
     p = config.prep
     request = PrepRequest(
         task=p.task, out=prep_dir, train=p.train, validation=p.validation, test=p.test, hf=p.hf, schema=p.schema,
-        # the JSON field names, once PrepSection has them (pipelines/config.py)
-        text_field=getattr(p, "text_field", JsonFields.text),
-        target_field=getattr(p, "target_field", JsonFields.target),
-        id_field=getattr(p, "id_field", JsonFields.id),
+        text_field=p.text_field, target_field=p.target_field, id_field=p.id_field,
         instruction=p.instruction, query_template=p.query_template, few_shot=p.few_shot, seed=p.seed,
         tokenizer=config.model if os.path.isdir(config.model) else None,
     )
