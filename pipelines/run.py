@@ -103,6 +103,9 @@ def run(config: TrainConfig) -> str:
     from eval.compare import compare_runs
     from pipelines.train import train
 
+    from pipelines.wandb_check import check_wandb_login
+
+    check_wandb_login(config)  # before step 1 writes anything
     run_dir = config.run_dir
     prep_dir = storage.join(run_dir, "prep")
     config = dataclasses.replace(

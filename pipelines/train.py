@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 
 import draccus
+from draccus.utils import DecodingError
 import haliax as hax
 import jax
 import numpy as np
@@ -105,7 +106,12 @@ def finalize_config(config: TrainConfig, num_steps: int) -> TrainConfig:
     return dataclasses.replace(config, trainer=trainer)
 
 
-def check_inputs(config: TrainConfig) -> None:
+def check_inputs(config: TrainConfig, chief: bool = True) -> None:
+    """Everything that can be checked before RUN_DIR is touched."""
+    from pipelines.wandb_check import check_wandb_login
+
+    if chief:  # the other hosts of a pod get a no-op tracker
+        check_wandb_login(config)
     for name, path in (("data.train", config.data.train), ("data.validation", config.data.validation)):
         if path and not storage.exists(path):
             raise UserError(f"{name}: {path} does not exist (run `parsetune prep` first)")
@@ -185,7 +191,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     config = dataclasses.replace(config, trainer=distributed.initialize(config.trainer))  # before any JAX backend use
     chief = distributed.is_chief()
-    check_inputs(config)
+    check_inputs(config, chief)
     converter = converter_for_checkpoint(config.model)
     prepared = prepare_data(config, converter.tokenizer, verbose=chief)
     config = finalize_config(config, prepared.num_steps)
@@ -270,10 +276,31 @@ def parse_config(config_path: str, overrides: list[str]) -> TrainConfig:
                 local.flush()
                 readable = local.name
             with contextlib.redirect_stderr(messages):  # argparse prints a 60-line usage before exiting
-                return draccus.parse(config_class=TrainConfig, config_path=readable, args=overrides)
+                config = draccus.parse(config_class=TrainConfig, config_path=readable, args=overrides)
     except SystemExit as err:
         reason = next((line.split("error:", 1)[1].strip() for line in messages.getvalue().splitlines() if "error:" in line), "")
         raise UserError(f"{config_path}: {reason or 'invalid config or override'} (see --help for the config keys)") from err
+    except DecodingError as err:
+        raise UserError(f"{config_path}: {decoding_error_line(err)}") from err
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{config_path}: {first}") from err
+    from pipelines.wandb_check import check_wandb_mode
+
+    try:
+        check_wandb_mode(config)
+    except UserError as err:
+        raise UserError(f"{config_path}: {err}") from None
+    return config
+
+
+def decoding_error_line(err: DecodingError) -> str:
+    """draccus's multi-line "could not decode" message as one line: the key, what was expected, why.
+    ``trainer.train_batch_size: expected int or list[ScheduleStep] (Couldn't parse 'abc' into an int)``"""
+    key = ".".join(str(k) for k in (getattr(err, "key_path", None) or ())) or "value"
+    lines = [line.strip() for line in str(getattr(err, "message", err)).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Could not decode the value into any of the given types"):
+        alternatives = [line.split(": ", 1) for line in lines[1:]]
+        expected = " or ".join(a[0] for a in alternatives)
+        return f"{key}: expected {expected} ({alternatives[0][-1]})"
+    return f"{key}: {'; '.join(lines) or type(err).__name__}"
