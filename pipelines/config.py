@@ -17,6 +17,7 @@ trainer ignores it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -144,9 +145,13 @@ def with_run_dir_defaults(config: TrainConfig) -> TrainConfig:
 
     from parsetune import storage
 
+    # Absolute for a local run dir: Levanter joins a relative base path onto itself when it deletes a
+    # temporary checkpoint (runs/x/checkpoints/runs/x/checkpoints/step-N), so they would never be deleted.
+    # config.run_dir itself stays as written (it is what the user sees).
+    run_dir = config.run_dir if "://" in config.run_dir else os.path.abspath(config.run_dir)
     checkpointer = dataclasses.replace(
         config.trainer.checkpointer,
-        base_path=storage.join(config.run_dir, "checkpoints"),
+        base_path=storage.join(run_dir, "checkpoints"),
         append_run_id_to_base_path=False,
     )
     tracker = config.trainer.tracker
