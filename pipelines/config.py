@@ -3,7 +3,7 @@
 ```yaml
 model: models/smollm2-135m-instruct      # HF checkpoint: local dir, gs://, or hub id (org/name)
 method: {type: lora, r: 8, alpha: 16}    # or {type: full}
-data: {train: data/viggo/train.jsonl, validation: data/viggo/validation.jsonl, max_seq_len: 256}
+data: {train: runs/smollm2-lora/prep/train.jsonl, validation: runs/smollm2-lora/prep/validation.jsonl, max_seq_len: 256}
 epochs: 2                                # or trainer.num_train_steps
 trainer: {train_batch_size: 8, mp: "p=f32,c=f32", require_accelerator: false}
 optimizer: {learning_rate: 3e-4}
@@ -57,8 +57,8 @@ class LoraMethodConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str = "data/viggo/train.jsonl"  # prepared JSONL (parsetune prep): id, input, output
-    validation: Optional[str] = "data/viggo/validation.jsonl"  # eval loss; None to skip
+    train: str = "runs/default/prep/train.jsonl"  # prepared JSONL (parsetune prep): id, input, output
+    validation: Optional[str] = "runs/default/prep/validation.jsonl"  # eval loss; None to skip
     max_seq_len: int = 256  # examples longer than this are dropped (and reported), never cut
     packing: bool = True  # several examples per sequence (attention kept within each example)
     shuffle_seed: int = 0

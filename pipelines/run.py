@@ -98,6 +98,15 @@ def evaluate_split(config: TrainConfig, model_dir: str, split: str, data_path: s
     return score_predictions(predictions, out_dir, task=config.prep.task, schema_path=e.schema if config.prep.task == "json" else None)
 
 
+def prep_dir_of(run_dir: str) -> str:
+    return storage.join(run_dir, "prep")
+
+
+def prepared_splits(run_dir: str) -> tuple[str, str]:
+    """Where ``parsetune run`` prepares the train and validation splits (the CPU configs' data paths)."""
+    return storage.join(prep_dir_of(run_dir), "train.jsonl"), storage.join(prep_dir_of(run_dir), "validation.jsonl")
+
+
 def run(config: TrainConfig) -> str:
     """Run every step into ``config.run_dir``; returns the path of report.md."""
     from eval.compare import compare_runs
@@ -107,15 +116,9 @@ def run(config: TrainConfig) -> str:
 
     check_wandb_login(config)  # before step 1 writes anything
     run_dir = config.run_dir
-    prep_dir = storage.join(run_dir, "prep")
-    config = dataclasses.replace(
-        config,
-        data=dataclasses.replace(
-            config.data,
-            train=storage.join(prep_dir, "train.jsonl"),
-            validation=storage.join(prep_dir, "validation.jsonl"),
-        ),
-    )
+    prep_dir = prep_dir_of(run_dir)
+    train_path, validation_path = prepared_splits(run_dir)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, train=train_path, validation=validation_path))
     total = 5
     t = step(1, total, f"base model -> {config.model}")
     ensure_base_model(config)

@@ -47,3 +47,14 @@ def test_tpu_recipes_match_the_reference_tutorial():
 def test_overrides_reach_the_config():
     config = parse_config(str(REPO / "configs/viggo/smollm2_lora_cpu.yaml"), ["--run_dir", "runs/x", "--trainer.num_train_steps", "5", "--method.r", "4"])
     assert (config.run_dir, config.trainer.num_train_steps, config.method.r) == ("runs/x", 5, 4)
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.endswith("_cpu.yaml")], ids=lambda p: p.name)
+def test_cpu_config_trains_on_what_parsetune_run_prepares(path: Path):
+    """`parsetune train CONFIG` after `parsetune run CONFIG` reads the splits that run prepared."""
+    from pipelines.run import prepared_splits
+
+    config = parse_config(str(path), [])
+    assert (config.data.train, config.data.validation) == prepared_splits(config.run_dir)
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert "data/viggo" not in header and f"parsetune prep viggo --out {config.run_dir}/prep" in header
