@@ -257,6 +257,20 @@ def quiet_library_logs() -> None:
             handler.setLevel(logging.WARNING)
 
 
+RUN_ONLY_SECTIONS = ("tpu", "prep", "eval")  # read by `parsetune tpu` / `parsetune run`, not by training
+
+
+def ignored_sections(config_path: str) -> list[str]:
+    """The top-level sections of the YAML file that ``parsetune train`` does not use."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(storage.read_text(config_path))
+    except (yaml.YAMLError, OSError, UserError):
+        return []
+    return [key for key in RUN_ONLY_SECTIONS if isinstance(document, dict) and key in document]
+
+
 def parse_config(config_path: str, overrides: list[str]) -> TrainConfig:
     """YAML + ``--dotted.key value`` overrides -> TrainConfig; unknown keys are one-line errors."""
     if not storage.exists(config_path):

@@ -107,3 +107,16 @@ def test_wrong_type_override_names_the_key_and_the_expected_type(tmp_path, tiny_
     result = run_train(config(tmp_path, tiny_model_dir, tiny_data), "--trainer.train_batch_size", "abc")
     assert_one_line_error(result, "trainer.train_batch_size", "expected int", "'abc'")
     assert_nothing_written(result, tmp_path / "run")
+
+
+def test_train_says_once_that_it_ignores_the_run_only_sections(tmp_path, tiny_model_dir, tiny_data):
+    import yaml
+
+    path = config(tmp_path, tiny_model_dir, tiny_data)
+    document = yaml.safe_load(path.read_text())
+    document.update({"tpu": {"name": "pod", "zone": "us-central2-b"}, "eval": {"limit": 3}})
+    path.write_text(yaml.safe_dump(document))
+    result = run_train(path, "--data.train", str(tmp_path / "nope.jsonl"))  # stops right after the note
+    notes = [line for line in result.stderr.splitlines() if "ignoring" in line]
+    assert notes == [f"[parsetune train] ignoring the tpu:, eval: sections of {path} (used by `parsetune tpu` / `parsetune run`)"]
+    assert_one_line_error(result, "does not exist")
