@@ -25,6 +25,8 @@ import draccus
 from levanter.optim import AdamConfig, OptimizerConfig
 from levanter.trainer import TrainerConfig
 
+from parsetune.tpu_section import TpuSection
+
 # every linear projection of a Llama block, never lm_head/embeddings (LoRA on lm_head crashes Levanter)
 DEFAULT_LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 
@@ -134,7 +136,7 @@ class TrainConfig:
     export: bool = True  # write RUN_DIR/hf (and RUN_DIR/adapter for LoRA) at the end
     compute: "ComputeConfig" = field(default_factory=lambda: ComputeConfig())
     wandb_mode: str = "offline"  # offline | online | disabled
-    tpu: Optional[dict] = None  # where the job runs (parsetune tpu); ignored by training
+    tpu: Optional[TpuSection] = None  # where the job runs (parsetune tpu); ignored by training
     prep: PrepSection = field(default_factory=PrepSection)  # parsetune run only
     eval: EvalSection = field(default_factory=EvalSection)  # parsetune run only
 
