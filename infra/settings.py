@@ -10,7 +10,8 @@ One YAML file holds both the training config and where it runs::
       run_dir: gs://my-bucket/runs/viggo-lora
     # ... the training config (the trainer ignores/strips the tpu: key)
 
-Only the ``tpu:`` key is read here; the rest of the file belongs to the trainer.
+Only the ``tpu:`` key is read here (typed once: ``parsetune/tpu_section.py``); the rest of the file
+belongs to the trainer.
 """
 
 from __future__ import annotations
@@ -24,14 +25,12 @@ import yaml
 from infra.target import TpuTarget
 from parsetune import storage
 from parsetune.errors import UserError
+from parsetune.tpu_section import tpu_section_from
 
 DEFAULT_SECRETS = ("WANDB_API_KEY", "HF_TOKEN")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 TARGET_KEYS = {f.name: f.type for f in fields(TpuTarget)}
-BOOL_KEYS = {"spot", "preemptible", "queued"}
-STR_KEYS = {"name", "zone", "accelerator_type", "runtime_version", "project", "source", "run_dir"}
-ALLOWED_KEYS = sorted(BOOL_KEYS | STR_KEYS | {"secrets"})
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class TpuSettings:
 
 
 def read_tpu_section(config_path: str) -> dict[str, Any]:
-    """The ``tpu:`` mapping of a YAML config (``{}`` when absent), with keys and types checked."""
+    """The ``tpu:`` mapping of a YAML config (``{}`` when absent), checked as a ``TpuSection``."""
     text = storage.read_text(config_path)
     try:
         doc = yaml.safe_load(text)
@@ -66,24 +65,7 @@ def read_tpu_section(config_path: str) -> dict[str, Any]:
         return {}
     if not isinstance(doc, dict):
         raise UserError(f"{config_path}: expected a YAML mapping at the top level")
-    section = doc.get("tpu")
-    if section is None:
-        return {}
-    if not isinstance(section, dict):
-        raise UserError(f"{config_path}: 'tpu:' must be a mapping of {', '.join(ALLOWED_KEYS)}")
-    unknown = sorted(set(section) - set(ALLOWED_KEYS))
-    if unknown:
-        raise UserError(f"{config_path}: unknown key tpu.{unknown[0]} (allowed: {', '.join(ALLOWED_KEYS)})")
-    for key, value in section.items():
-        if value is None:
-            continue
-        if key in BOOL_KEYS and not isinstance(value, bool):
-            raise UserError(f"{config_path}: tpu.{key} must be true or false, got {value!r}")
-        if key in STR_KEYS and not isinstance(value, str):
-            raise UserError(f"{config_path}: tpu.{key} must be a string, got {value!r}")
-        if key == "secrets" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise UserError(f"{config_path}: tpu.secrets must be a list of environment variable names")
-    return {k: v for k, v in section.items() if v is not None}
+    return tpu_section_from(doc.get("tpu"), config_path).given()
 
 
 def merge_settings(section: dict[str, Any], overrides: dict[str, Any], where: str = "CONFIG") -> TpuSettings:

@@ -35,7 +35,8 @@ def trained_model(checkpoint: str, config_path: str | None = None):
     from levanter.trainer import Trainer
 
     from pipelines.levanter_compat import converter_for_checkpoint
-    from pipelines.train import load_model, quiet_library_logs
+    from pipelines.model_loading import load_model
+    from pipelines.train import quiet_library_logs
 
     if not storage.exists(storage.join(checkpoint, "metadata.json")):
         raise UserError(f"{checkpoint}: not a Levanter checkpoint (no metadata.json); expected RUN_DIR/checkpoints/step-N")
@@ -66,8 +67,8 @@ def export_checkpoint(checkpoint: str, out_dir: str, config_path: str | None = N
     """Load ``checkpoint`` into the run's model and write ``out_dir`` (merged HF); returns the number of
     completed training steps in it (Levanter's ``step-N`` holds the state after N + 1 steps)."""
     from pipelines.export import export_merged_hf, export_peft_adapter
-    from pipelines.levanter_compat import read_hf_config
-    from pipelines.train import lora_config_of
+    from pipelines.hf_files import read_hf_config
+    from pipelines.model_loading import lora_config_of
 
     with trained_model(checkpoint, config_path) as (model, converter, config, step):
         is_lora = isinstance(config.method, LoraMethodConfig)

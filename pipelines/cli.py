@@ -52,7 +52,7 @@ def take_option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
 
 def run_train(args) -> int:
     from parsetune.errors import UserError
-    from pipelines.train import parse_config, train
+    from pipelines.train import ignored_sections, parse_config, train
 
     hosts, overrides = take_option(args.overrides, "--hosts")
     if args.hosts is not None or hosts is not None:
@@ -64,6 +64,13 @@ def run_train(args) -> int:
     from pipelines.distributed import fail_fast
 
     config = parse_config(args.config, args.overrides)
+    ignored = ignored_sections(args.config)
+    if ignored:
+        import sys
+
+        names = ", ".join(f"{k}:" for k in ignored)
+        print(f"[parsetune train] ignoring the {names} section{'s' if len(ignored) > 1 else ''} of {args.config} "
+              "(used by `parsetune tpu` / `parsetune run`)", file=sys.stderr, flush=True)
     with fail_fast("train"):
         result = train(config)
     print(f"run dir: {result.run_dir}")

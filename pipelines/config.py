@@ -3,7 +3,7 @@
 ```yaml
 model: models/smollm2-135m-instruct      # HF checkpoint: local dir, gs://, or hub id (org/name)
 method: {type: lora, r: 8, alpha: 16}    # or {type: full}
-data: {train: data/viggo/train.jsonl, validation: data/viggo/validation.jsonl, max_seq_len: 256}
+data: {train: runs/smollm2-lora/prep/train.jsonl, validation: runs/smollm2-lora/prep/validation.jsonl, max_seq_len: 256}
 epochs: 2                                # or trainer.num_train_steps
 trainer: {train_batch_size: 8, mp: "p=f32,c=f32", require_accelerator: false}
 optimizer: {learning_rate: 3e-4}
@@ -17,12 +17,15 @@ trainer ignores it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 import draccus
 from levanter.optim import AdamConfig, OptimizerConfig
 from levanter.trainer import TrainerConfig
+
+from parsetune.tpu_section import TpuSection
 
 # every linear projection of a Llama block, never lm_head/embeddings (LoRA on lm_head crashes Levanter)
 DEFAULT_LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
@@ -56,8 +59,8 @@ class LoraMethodConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str = "data/viggo/train.jsonl"  # prepared JSONL (parsetune prep): id, input, output
-    validation: Optional[str] = "data/viggo/validation.jsonl"  # eval loss; None to skip
+    train: str = "runs/default/prep/train.jsonl"  # prepared JSONL (parsetune prep): id, input, output
+    validation: Optional[str] = "runs/default/prep/validation.jsonl"  # eval loss; None to skip
     max_seq_len: int = 256  # examples longer than this are dropped (and reported), never cut
     packing: bool = True  # several examples per sequence (attention kept within each example)
     shuffle_seed: int = 0
@@ -99,6 +102,9 @@ class PrepSection:
     test: Optional[str] = None
     hf: Optional[str] = None  # e.g. GEM/viggo, when the hub is reachable
     schema: Optional[str] = None  # JSON Schema for task json
+    text_field: str = "text"  # task json: the source field holding the input text
+    target_field: str = "json"  # task json: the source field holding the target object
+    id_field: str = "id"  # task json: the row id field (optional in the source)
     instruction: Optional[str] = None  # None: the task's default instruction; "" for none
     query_template: Optional[str] = None
     few_shot: int = 0
@@ -130,7 +136,7 @@ class TrainConfig:
     export: bool = True  # write RUN_DIR/hf (and RUN_DIR/adapter for LoRA) at the end
     compute: "ComputeConfig" = field(default_factory=lambda: ComputeConfig())
     wandb_mode: str = "offline"  # offline | online | disabled
-    tpu: Optional[dict] = None  # where the job runs (parsetune tpu); ignored by training
+    tpu: Optional[TpuSection] = None  # where the job runs (parsetune tpu); ignored by training
     prep: PrepSection = field(default_factory=PrepSection)  # parsetune run only
     eval: EvalSection = field(default_factory=EvalSection)  # parsetune run only
 
@@ -141,9 +147,13 @@ def with_run_dir_defaults(config: TrainConfig) -> TrainConfig:
 
     from parsetune import storage
 
+    # Absolute for a local run dir: Levanter joins a relative base path onto itself when it deletes a
+    # temporary checkpoint (runs/x/checkpoints/runs/x/checkpoints/step-N), so they would never be deleted.
+    # config.run_dir itself stays as written (it is what the user sees).
+    run_dir = config.run_dir if "://" in config.run_dir else os.path.abspath(config.run_dir)
     checkpointer = dataclasses.replace(
         config.trainer.checkpointer,
-        base_path=storage.join(config.run_dir, "checkpoints"),
+        base_path=storage.join(run_dir, "checkpoints"),
         append_run_id_to_base_path=False,
     )
     tracker = config.trainer.tracker

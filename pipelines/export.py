@@ -20,7 +20,8 @@ from levanter.utils.jax_utils import local_cpu_mesh
 
 from parsetune import storage
 from pipelines.distributed import host_local_copy, is_chief
-from pipelines.levanter_compat import merge_lora, peft_prefix, read_hf_config, restack_layers
+from pipelines.hf_files import read_hf_config
+from pipelines.levanter_compat import merge_lora, peft_prefix, restack_layers
 
 EXPORT_MARKER = "parsetune_export.json"
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")

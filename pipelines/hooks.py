@@ -163,7 +163,17 @@ class CheckpointHook(Callback):
         self.log = log
 
     def on_step(self, info, force: bool = False) -> None:
-        self.checkpointer.on_step(info, force=force)
+        if force:
+            # Levanter turns a forced save into a temporary one when save_interval has also elapsed,
+            # and then deletes the last temporary checkpoint: the same step-N, so the run ends without
+            # one. The final save must be permanent: no time policy for the forced call.
+            interval, self.checkpointer.save_interval = self.checkpointer.save_interval, None
+            try:
+                self.checkpointer.on_step(info, force=True)
+            finally:
+                self.checkpointer.save_interval = interval
+        else:
+            self.checkpointer.on_step(info, force=False)
         if getattr(self.checkpointer, "_last_save_step", None) == info.step:
             self.log.flush()
         if force:

@@ -33,7 +33,6 @@ def done(started: float, what: str) -> None:
 
 def prep_data(config: TrainConfig, prep_dir: str) -> None:
     """The same prep as ``parsetune prep`` (``prep.prepare.prepare``), from the config's ``prep:``."""
-    from prep.json_task import JsonFields
     from prep.prepare import PrepRequest, prepare
     from prep.writer import MANIFEST_NAME
 
@@ -43,10 +42,7 @@ def prep_data(config: TrainConfig, prep_dir: str) -> None:
     p = config.prep
     request = PrepRequest(
         task=p.task, out=prep_dir, train=p.train, validation=p.validation, test=p.test, hf=p.hf, schema=p.schema,
-        # the JSON field names, once PrepSection has them (pipelines/config.py)
-        text_field=getattr(p, "text_field", JsonFields.text),
-        target_field=getattr(p, "target_field", JsonFields.target),
-        id_field=getattr(p, "id_field", JsonFields.id),
+        text_field=p.text_field, target_field=p.target_field, id_field=p.id_field,
         instruction=p.instruction, query_template=p.query_template, few_shot=p.few_shot, seed=p.seed,
         tokenizer=config.model if os.path.isdir(config.model) else None,
     )
@@ -61,7 +57,7 @@ def base_model_action(model: str, base_model: str | None) -> str:
 
     A missing local path is fetched whenever ``prep.base_model`` is set, even if it looks like a hub
     id (``models/smollm2-135m-instruct`` is both)."""
-    from pipelines.levanter_compat import is_hub_id
+    from pipelines.hf_files import is_hub_id
 
     if storage.is_gcs(model) or storage.exists(storage.join(model, "config.json")):
         return "ready"
@@ -102,21 +98,27 @@ def evaluate_split(config: TrainConfig, model_dir: str, split: str, data_path: s
     return score_predictions(predictions, out_dir, task=config.prep.task, schema_path=e.schema if config.prep.task == "json" else None)
 
 
+def prep_dir_of(run_dir: str) -> str:
+    return storage.join(run_dir, "prep")
+
+
+def prepared_splits(run_dir: str) -> tuple[str, str]:
+    """Where ``parsetune run`` prepares the train and validation splits (the CPU configs' data paths)."""
+    return storage.join(prep_dir_of(run_dir), "train.jsonl"), storage.join(prep_dir_of(run_dir), "validation.jsonl")
+
+
 def run(config: TrainConfig) -> str:
     """Run every step into ``config.run_dir``; returns the path of report.md."""
     from eval.compare import compare_runs
     from pipelines.train import train
 
+    from pipelines.wandb_check import check_wandb_login
+
+    check_wandb_login(config)  # before step 1 writes anything
     run_dir = config.run_dir
-    prep_dir = storage.join(run_dir, "prep")
-    config = dataclasses.replace(
-        config,
-        data=dataclasses.replace(
-            config.data,
-            train=storage.join(prep_dir, "train.jsonl"),
-            validation=storage.join(prep_dir, "validation.jsonl"),
-        ),
-    )
+    prep_dir = prep_dir_of(run_dir)
+    train_path, validation_path = prepared_splits(run_dir)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, train=train_path, validation=validation_path))
     total = 5
     t = step(1, total, f"base model -> {config.model}")
     ensure_base_model(config)

@@ -19,14 +19,16 @@ import sys
 from dataclasses import dataclass
 
 import draccus
+from draccus.utils import DecodingError
 import haliax as hax
 import jax
 import numpy as np
 
 from parsetune import storage
 from parsetune.errors import UserError
-from pipelines.config import FullConfig, LoraMethodConfig, TrainConfig, with_run_dir_defaults
+from pipelines.config import LoraMethodConfig, TrainConfig, with_run_dir_defaults
 from pipelines.data import LengthReport, PackedSequences, drop_too_long, epoch_order, pack, read_prepared, shuffled, tokenize_rows
+from pipelines.model_loading import load_model, lora_config_of
 
 logger = logging.getLogger("parsetune.train")
 
@@ -104,7 +106,12 @@ def finalize_config(config: TrainConfig, num_steps: int) -> TrainConfig:
     return dataclasses.replace(config, trainer=trainer)
 
 
-def check_inputs(config: TrainConfig) -> None:
+def check_inputs(config: TrainConfig, chief: bool = True) -> None:
+    """Everything that can be checked before RUN_DIR is touched."""
+    from pipelines.wandb_check import check_wandb_login
+
+    if chief:  # the other hosts of a pod get a no-op tracker
+        check_wandb_login(config)
     for name, path in (("data.train", config.data.train), ("data.validation", config.data.validation)):
         if path and not storage.exists(path):
             raise UserError(f"{name}: {path} does not exist (run `parsetune prep` first)")
@@ -131,40 +138,6 @@ def eval_batches(packed: PackedSequences, batch_size: int, Pos: hax.Axis, Batch:
     return batches
 
 
-def load_model(config: TrainConfig, converter, trainer):
-    """The base HF model in Levanter form, loraized (B = 0) for LoRA; plus the trainable filter."""
-    from levanter.lora import lora_trainable_params_filter
-
-    from pipelines.levanter_compat import count_lora_modules, loraize_from_base, unroll_layers
-
-    try:
-        lev_config = config.compute.apply(converter.default_config)
-    except ValueError as err:
-        raise UserError(f"compute: {err}") from err
-    unrolled = getattr(lev_config, "scan_layers", True) is False
-    if unrolled:  # Levanter cannot load unrolled layers itself (see levanter_compat)
-        lev_config = dataclasses.replace(lev_config, scan_layers=True)
-    model = converter.load_pretrained(
-        lev_config.model_type, config=lev_config, axis_mapping=trainer.parameter_axis_mapping, dtype=trainer.mp.param_dtype
-    )
-    if unrolled:
-        model = unroll_layers(model)
-    if isinstance(config.method, FullConfig):
-        return model, True
-    lora = lora_config_of(config.method)
-    key = jax.random.PRNGKey(config.trainer.seed + 1)
-    model = hax.named_jit(lambda m: loraize_from_base(m, lora, key), axis_resources=trainer.parameter_axis_mapping)(model)
-    if count_lora_modules(model) == 0:
-        raise UserError(f"method.target_modules {config.method.target_modules!r} matches no linear layer of {config.model}")
-    return model, lora_trainable_params_filter(model)
-
-
-def lora_config_of(method: LoraMethodConfig):
-    from levanter.lora import LoraConfig
-
-    return LoraConfig(target_modules=method.target_modules, r=method.r, alpha=method.alpha, dropout=method.dropout)
-
-
 def step_flops(config: TrainConfig, model, trainer):
     """Model FLOPs per step and the devices' peak, for the MFU column of metrics.jsonl (None if the
     model family has no FLOP count here). On CPU, the peak is a measured matmul rate."""
@@ -187,7 +160,7 @@ def step_flops(config: TrainConfig, model, trainer):
 
 def export_run(config: TrainConfig, model, converter, step: int) -> None:
     from pipelines.export import export_merged_hf, export_peft_adapter
-    from pipelines.levanter_compat import read_hf_config
+    from pipelines.hf_files import read_hf_config
 
     is_lora = isinstance(config.method, LoraMethodConfig)
     marker = {"completed_steps": step, "base_model": config.model, "method": "lora" if is_lora else "full"}
@@ -218,7 +191,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     config = dataclasses.replace(config, trainer=distributed.initialize(config.trainer))  # before any JAX backend use
     chief = distributed.is_chief()
-    check_inputs(config)
+    check_inputs(config, chief)
     converter = converter_for_checkpoint(config.model)
     prepared = prepare_data(config, converter.tokenizer, verbose=chief)
     config = finalize_config(config, prepared.num_steps)
@@ -284,6 +257,20 @@ def quiet_library_logs() -> None:
             handler.setLevel(logging.WARNING)
 
 
+RUN_ONLY_SECTIONS = ("tpu", "prep", "eval")  # read by `parsetune tpu` / `parsetune run`, not by training
+
+
+def ignored_sections(config_path: str) -> list[str]:
+    """The top-level sections of the YAML file that ``parsetune train`` does not use."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(storage.read_text(config_path))
+    except (yaml.YAMLError, OSError, UserError):
+        return []
+    return [key for key in RUN_ONLY_SECTIONS if isinstance(document, dict) and key in document]
+
+
 def parse_config(config_path: str, overrides: list[str]) -> TrainConfig:
     """YAML + ``--dotted.key value`` overrides -> TrainConfig; unknown keys are one-line errors."""
     if not storage.exists(config_path):
@@ -303,10 +290,31 @@ def parse_config(config_path: str, overrides: list[str]) -> TrainConfig:
                 local.flush()
                 readable = local.name
             with contextlib.redirect_stderr(messages):  # argparse prints a 60-line usage before exiting
-                return draccus.parse(config_class=TrainConfig, config_path=readable, args=overrides)
+                config = draccus.parse(config_class=TrainConfig, config_path=readable, args=overrides)
     except SystemExit as err:
         reason = next((line.split("error:", 1)[1].strip() for line in messages.getvalue().splitlines() if "error:" in line), "")
         raise UserError(f"{config_path}: {reason or 'invalid config or override'} (see --help for the config keys)") from err
+    except DecodingError as err:
+        raise UserError(f"{config_path}: {decoding_error_line(err)}") from err
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{config_path}: {first}") from err
+    from pipelines.wandb_check import check_wandb_mode
+
+    try:
+        check_wandb_mode(config)
+    except UserError as err:
+        raise UserError(f"{config_path}: {err}") from None
+    return config
+
+
+def decoding_error_line(err: DecodingError) -> str:
+    """draccus's multi-line "could not decode" message as one line: the key, what was expected, why.
+    ``trainer.train_batch_size: expected int or list[ScheduleStep] (Couldn't parse 'abc' into an int)``"""
+    key = ".".join(str(k) for k in (getattr(err, "key_path", None) or ())) or "value"
+    lines = [line.strip() for line in str(getattr(err, "message", err)).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Could not decode the value into any of the given types"):
+        alternatives = [line.split(": ", 1) for line in lines[1:]]
+        expected = " or ".join(a[0] for a in alternatives)
+        return f"{key}: expected {expected} ({alternatives[0][-1]})"
+    return f"{key}: {'; '.join(lines) or type(err).__name__}"

@@ -26,7 +26,7 @@ def test_config_parses_and_documents_its_launch(path: Path):
     assert f"parsetune train {path.relative_to(REPO)}" in header or f"--config {path.relative_to(REPO)}" in header
     assert config.trainer.mp is not None
     if "tpu" in path.name:
-        assert config.tpu and config.tpu["accelerator_type"]
+        assert config.tpu and config.tpu.accelerator_type
         assert config.run_dir.startswith("gs://") and config.data.train.startswith("gs://")
         assert config.trainer.tensor_parallel_axes == ["mlp", "heads", "kv_head", "vocab"]
     else:
@@ -47,3 +47,23 @@ def test_tpu_recipes_match_the_reference_tutorial():
 def test_overrides_reach_the_config():
     config = parse_config(str(REPO / "configs/viggo/smollm2_lora_cpu.yaml"), ["--run_dir", "runs/x", "--trainer.num_train_steps", "5", "--method.r", "4"])
     assert (config.run_dir, config.trainer.num_train_steps, config.method.r) == ("runs/x", 5, 4)
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.endswith("_cpu.yaml")], ids=lambda p: p.name)
+def test_cpu_config_trains_on_what_parsetune_run_prepares(path: Path):
+    """`parsetune train CONFIG` after `parsetune run CONFIG` reads the splits that run prepared."""
+    from pipelines.run import prepared_splits
+
+    config = parse_config(str(path), [])
+    assert (config.data.train, config.data.validation) == prepared_splits(config.run_dir)
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert "data/viggo" not in header and f"parsetune prep viggo --out {config.run_dir}/prep" in header
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "tpu" in p.name], ids=lambda p: p.name)
+def test_the_tpu_section_is_one_type_for_train_and_tpu(path: Path):
+    from infra.settings import read_tpu_section
+    from parsetune.tpu_section import TpuSection
+
+    section = parse_config(str(path), []).tpu
+    assert isinstance(section, TpuSection) and section.given() == read_tpu_section(str(path))

@@ -90,7 +90,7 @@ def test_peft_prefix_for_llama():
 
 def test_hub_ids_are_read_from_the_hub_with_a_clear_error_offline(monkeypatch, tmp_path):
     from parsetune.errors import UserError
-    from pipelines.levanter_compat import is_hub_id, read_hf_config
+    from pipelines.hf_files import is_hub_id, read_hf_config
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))

@@ -34,3 +34,19 @@ def test_run_refuses_one_file_as_two_splits(tmp_path, tiny_model_dir):
     with pytest.raises(UserError, match="--train and --validation are the same file"):
         prep_data(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_run_reads_renamed_json_fields_from_the_prep_section(tmp_path, tiny_model_dir):
+    example = ASSETS.parent.parent / "prep" / "data" / "json_example"
+    renamed = {}
+    for split in ("train", "validation"):
+        rows = [json.loads(line) for line in (example / f"{split}.jsonl").read_text().splitlines()]
+        renamed[split] = tmp_path / f"{split}-renamed.jsonl"
+        renamed[split].write_text("".join(json.dumps({"key": r["id"], "sentence": r["text"], "fields": r["json"]}) + "\n" for r in rows))
+    prep = PrepSection(task="json", train=str(renamed["train"]), validation=str(renamed["validation"]), schema=str(example / "schema.json"),
+                       text_field="sentence", target_field="fields", id_field="key")
+    prep_data(TrainConfig(model=str(tiny_model_dir), prep=prep), str(tmp_path / "run"))
+    source = [json.loads(line) for line in (example / "validation.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "run" / "validation.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [s["id"] for s in source]
+    assert all(s["text"] in r["input"] for r, s in zip(records, source))

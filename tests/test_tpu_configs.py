@@ -35,7 +35,7 @@ EXPECTED_INVALID: dict[tuple[str, str], str] = {}
 
 def combos():
     for path in TPU_CONFIGS:
-        own = parse_config(str(path), []).tpu["accelerator_type"]
+        own = parse_config(str(path), []).tpu.accelerator_type
         for acc in dict.fromkeys((own, *TOPOLOGIES)):
             yield pytest.param(path, acc, id=f"{path.stem}@{acc}")
 

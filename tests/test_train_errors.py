@@ -71,3 +71,52 @@ def test_malformed_prepared_line(tmp_path, tiny_model_dir, tiny_data):
     bad.write_text(good + "\n" + json.dumps({"id": "x", "input": "p"}) + "\n")
     result = run_train(config(tmp_path, tiny_model_dir, tiny_data), "--data.train", str(bad))
     assert_one_line_error(result, "bad.jsonl:2", "'output'")
+
+
+def assert_nothing_written(result, run_dir):
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())
+
+
+def test_wandb_mode_typo_is_one_line_before_anything_is_written(tmp_path, tiny_model_dir, tiny_data):
+    result = run_train(config(tmp_path, tiny_model_dir, tiny_data), "--wandb_mode", "onlien")
+    assert_one_line_error(result, "wandb_mode", "'onlien'", "offline, online, disabled")
+    assert_nothing_written(result, tmp_path / "run")
+
+
+def test_wandb_online_without_login_is_one_line_before_anything_is_written(tmp_path, tiny_model_dir, tiny_data):
+    env = {"WANDB_API_KEY": "", "NETRC": str(tmp_path / "no-netrc"), "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    result = run_train(config(tmp_path, tiny_model_dir, tiny_data), "--wandb_mode", "online", env=env)
+    assert_one_line_error(result, "wandb_mode online", "WANDB_API_KEY", "wandb login")
+    assert_nothing_written(result, tmp_path / "run")
+
+
+def test_a_netrc_wandb_login_counts_as_credentials(tmp_path):
+    from pipelines.wandb_check import has_wandb_login
+
+    netrc = tmp_path / "netrc"
+    assert not has_wandb_login({"NETRC": str(netrc)})
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    netrc.chmod(0o600)
+    assert has_wandb_login({"NETRC": str(netrc)})
+    assert not has_wandb_login({"NETRC": str(netrc), "WANDB_BASE_URL": "https://wandb.example.com"})
+    assert has_wandb_login({"WANDB_API_KEY": "x", "NETRC": str(tmp_path / "none")})
+
+
+def test_wrong_type_override_names_the_key_and_the_expected_type(tmp_path, tiny_model_dir, tiny_data):
+    result = run_train(config(tmp_path, tiny_model_dir, tiny_data), "--trainer.train_batch_size", "abc")
+    assert_one_line_error(result, "trainer.train_batch_size", "expected int", "'abc'")
+    assert_nothing_written(result, tmp_path / "run")
+
+
+def test_train_says_once_that_it_ignores_the_run_only_sections(tmp_path, tiny_model_dir, tiny_data):
+    import yaml
+
+    path = config(tmp_path, tiny_model_dir, tiny_data)
+    document = yaml.safe_load(path.read_text())
+    document.update({"tpu": {"name": "pod", "zone": "us-central2-b"}, "eval": {"limit": 3}})
+    path.write_text(yaml.safe_dump(document))
+    result = run_train(path, "--data.train", str(tmp_path / "nope.jsonl"))  # stops right after the note
+    notes = [line for line in result.stderr.splitlines() if "ignoring" in line]
+    assert notes == [f"[parsetune train] ignoring the tpu:, eval: sections of {path} (used by `parsetune tpu` / `parsetune run`)"]
+    assert_one_line_error(result, "does not exist")

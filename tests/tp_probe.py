@@ -12,7 +12,7 @@ from levanter.trainer import Trainer, TrainerConfig
 
 from pipelines.config import FullConfig, LoraMethodConfig, TrainConfig
 from pipelines.levanter_compat import converter_for_checkpoint
-from pipelines.train import load_model
+from pipelines.model_loading import load_model
 
 
 def main(model_dir: str, model_axis_size: int, axes: list[str], method: str) -> None:
