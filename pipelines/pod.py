@@ -108,7 +108,7 @@ def run_local_pod(argv: list[str], hosts: int, poll_seconds: float = 0.2) -> lis
     procs = [_Host(i, argv, host_env(i, hosts, port), lock) for i in range(hosts)]
     first_failure: HostExit | None = None
     try:
-        while any(p.proc.poll() is None for p in procs):
+        while [p.proc.poll() for p in procs].count(None):  # poll every host (any() would stop at the first)
             failed = [p for p in procs if p.proc.returncode not in (None, 0)]
             if failed:  # a host killed by a signal is the cause; the others may already have failed from it
                 p = min(failed, key=lambda h: (h.proc.returncode > 0, h.host))
@@ -124,8 +124,9 @@ def run_local_pod(argv: list[str], hosts: int, poll_seconds: float = 0.2) -> lis
         p.proc.wait()
         p.reader.join(timeout=5)
     exits = [HostExit(p.host, p.proc.returncode, p.last_line) for p in procs]
-    if first_failure is None:
-        first_failure = next((e for e in exits if e.returncode != 0), None)
+    if first_failure is None:  # every host ended between two polls: a host killed by a signal is the cause
+        failed = [e for e in exits if e.returncode != 0]
+        first_failure = min(failed, key=lambda e: (e.returncode > 0, e.host)) if failed else None
     if first_failure is not None:
         exits = [first_failure] + [e for e in exits if e.host != first_failure.host]
     return exits
