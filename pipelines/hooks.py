@@ -163,15 +163,10 @@ class CheckpointHook(Callback):
         self.log = log
 
     def on_step(self, info, force: bool = False) -> None:
-        if force:
-            # Levanter turns a forced save into a temporary one when save_interval has also elapsed,
-            # and then deletes the last temporary checkpoint: the same step-N, so the run ends without
-            # one. The final save must be permanent: no time policy for the forced call.
-            interval, self.checkpointer.save_interval = self.checkpointer.save_interval, None
-            try:
-                self.checkpointer.on_step(info, force=True)
-            finally:
-                self.checkpointer.save_interval = interval
+        if force:  # the final save: permanent (levanter_compat fix 8)
+            from pipelines.levanter_compat import save_forced_checkpoint
+
+            save_forced_checkpoint(self.checkpointer, info)
         else:
             self.checkpointer.on_step(info, force=False)
         if getattr(self.checkpointer, "_last_save_step", None) == info.step:

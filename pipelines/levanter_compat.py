@@ -24,6 +24,10 @@ when an upgrade makes a fix unnecessary).
    runs W&B in ``offline`` mode on every host but process 0, so each host writes its own W&B run
    (into the same run dir). We give those hosts a no-op tracker; since process 0's W&B init waits
    at a broadcast that every host must join, the others join it once themselves.
+8. ``save_forced_checkpoint``: ``Checkpointer.on_step(force=True)`` still applies the time rule, so a
+   forced (final) save made after ``save_interval`` has elapsed is *temporary*; when the same step was
+   just saved as a temporary checkpoint, its commit callback then deletes that step-N: the run ends
+   with no checkpoint at all. A forced save is permanent here.
 """
 
 from __future__ import annotations
@@ -150,3 +154,12 @@ def join_tracker_broadcast(chief_tracker) -> None:
 
     if jax.process_count() > 1 and jax.process_index() != 0 and isinstance(chief_tracker, WandbConfig):
         multihost_broadcast_sync(None, is_source=False)
+
+
+def save_forced_checkpoint(checkpointer, info) -> None:
+    """``checkpointer.on_step(info, force=True)`` as a permanent save, whatever the time policy says."""
+    interval, checkpointer.save_interval = checkpointer.save_interval, None
+    try:
+        checkpointer.on_step(info, force=True)
+    finally:
+        checkpointer.save_interval = interval

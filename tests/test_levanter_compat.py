@@ -132,3 +132,38 @@ def test_unrolled_layers_compute_the_same_and_restack_exactly(base):
     stacked_lora = loraize_from_base(base, LORA, key=jax.random.PRNGKey(0))
     assert jax.tree_util.tree_structure(lora) == jax.tree_util.tree_structure(stacked_lora)
     assert lora.transformer.layers.stacked.mlp.up_proj.lora.lora_B.weight.axes == stacked_lora.transformer.layers.stacked.mlp.up_proj.lora.lora_B.weight.axes
+
+
+def _final_save_after_a_timed_one(base_path, save_forced):
+    """A timed (temporary) save of step 3, then the trainer's final forced save of the same step,
+    both after save_interval has elapsed; returns the checkpoints left and their metadata."""
+    import datetime
+    import json
+    import os
+    import types
+
+    from levanter.checkpoint import Checkpointer
+
+    now = [datetime.datetime(2026, 1, 1)]
+    checkpointer = Checkpointer(str(base_path), datetime.timedelta(minutes=1), [], dt_now_injection=lambda: now[0])
+    info = lambda step: types.SimpleNamespace(step=step, state=types.SimpleNamespace(saveable_state={"w": jnp.ones(3) * step}))  # noqa: E731
+    checkpointer.on_step(info(0))
+    now[0] += datetime.timedelta(minutes=2)
+    checkpointer.on_step(info(3))
+    now[0] += datetime.timedelta(minutes=2)
+    save_forced(checkpointer, info(3))
+    checkpointer.wait_until_finished()
+    names = sorted(os.listdir(base_path)) if os.path.exists(base_path) else []
+    return names, [json.loads((base_path / n / "metadata.json").read_text()) for n in names]
+
+
+def test_upstream_final_forced_save_deletes_itself(tmp_path):
+    names, _ = _final_save_after_a_timed_one(tmp_path / "ckpt", lambda c, info: c.on_step(info, force=True))
+    assert names == [], "upstream fixed: the forced save survives; save_forced_checkpoint may go"
+
+
+def test_forced_save_is_permanent(tmp_path):
+    from pipelines.levanter_compat import save_forced_checkpoint
+
+    names, metadata = _final_save_after_a_timed_one(tmp_path / "ckpt", save_forced_checkpoint)
+    assert names == ["step-3"] and metadata[0]["is_temporary"] is False
