@@ -105,3 +105,6 @@ def levanter_model(model_dir: Path):
         converter = converter_for_checkpoint(str(model_dir))
         model = converter.load_pretrained(converter.default_config.model_type, config=converter.default_config, dtype=jnp.float32)
         yield model, converter, config
+
+
+from tpu_harness import fake  # noqa: E402,F401  (the recording gcloud stand-in, for every tpu test)

@@ -11,105 +11,17 @@ import glob
 import json
 import os
 import shlex
-import signal
 import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ASSETS, REPO
+from conftest import REPO
 from parsetune.cli import main
-
-FAKE_WORKER = Path(__file__).parent / "fake_worker"
-CONFIG = str(ASSETS / "tpu_config.yaml")
-WHERE = ["--name", "viggo-lora", "--zone", "us-central2-b"]
-ONE_HOST = [*WHERE, "--accelerator-type", "v3-8"]  # tpu_config.yaml says v4-32 (4 workers: needs a gs:// run dir)
-GS_RUN = ["--run-dir", "gs://some-bucket/runs/x"]  # submit never touches the run dir itself
-SECRET, HF_SECRET = "secret123", "hf_Sup3rSecretToken"
-
-
-class Fake:
-    def __init__(self, root: Path):
-        self.root = root
-
-    def calls(self) -> list[dict]:
-        path = self.root / "calls.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-    def argvs(self) -> list[list[str]]:
-        return [c["argv"] for c in self.calls()]
-
-    def home(self, worker: int, name: str = "viggo-lora") -> Path:
-        return self.root / name / f"worker-{worker}"
-
-    def commands(self) -> list[str]:
-        return [a.partition("=")[2] for argv in self.argvs() for a in argv if a.startswith("--command=")]
-
-    def reset(self) -> None:
-        (self.root / "calls.jsonl").unlink(missing_ok=True)
-
-    def kill_jobs(self) -> None:
-        pids = glob.glob(str(self.root / "*" / "worker-*" / "parsetune" / "jobs" / "*.pid")) + glob.glob(str(self.root / "preempter.pids"))
-        for pid_file in pids:
-            for pid in Path(pid_file).read_text().split():
-                try:
-                    os.killpg(int(pid), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
-
-
-@pytest.fixture
-def fake(tmp_path, monkeypatch):
-    root = tmp_path / "gcloud"
-    bindir = tmp_path / "bin"
-    root.mkdir()
-    bindir.mkdir()
-    shim = bindir / "gcloud"
-    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).parent / "fake_gcloud.py"))} "$@"\n')
-    shim.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_GCLOUD_DIR", str(root))
-    monkeypatch.setenv("FAKE_GCLOUD_PATH", str(FAKE_WORKER))
-    monkeypatch.setenv("FAKE_STUBS", str(FAKE_WORKER))
-    monkeypatch.setenv("WANDB_API_KEY", SECRET)
-    monkeypatch.setenv("HF_TOKEN", HF_SECRET)
-    monkeypatch.chdir(tmp_path)
-    f = Fake(root)
-    yield f
-    f.kill_jobs()
-
-
-def tpu(*argv: str) -> int:
-    return main(["tpu", *argv])
-
-
-def strip_commands(argvs):
-    """argv lists with the (long) --command text replaced by a marker."""
-    return [[("--command=…" if a.startswith("--command=") else a) for a in argv] for argv in argvs]
-
-
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def our_temp_dirs() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "parsetune-tpu-*")))
-
-
-def create_and_setup(fake, capfd, accel="v4-32"):
-    assert tpu("create", *WHERE, "--accelerator-type", accel, "--spot") == 0
-    assert tpu("setup", *WHERE) == 0
-    capfd.readouterr()
-    fake.reset()
-
+from tpu_harness import (
+    CONFIG, GS_RUN, HF_SECRET, ONE_HOST, SECRET, WHERE, create_and_setup, error_of, our_temp_dirs, split_commands,
+    strip_commands, tpu, wait_for,
+)
 
 def test_full_lifecycle(fake, capfd, gcs_bucket):
     before = our_temp_dirs()
@@ -277,22 +189,6 @@ def test_dry_run_prints_commands_and_runs_nothing(fake, capfd, monkeypatch, tmp_
     assert ["gcloud", "compute", "tpus", "tpu-vm", "scp"] in [c[:5] for c in commands]
 
 
-def split_commands(out: str) -> list[str]:
-    """The dry-run output is a shell script: comment lines, and commands (some spanning lines in quotes)."""
-    commands, current = [], ""
-    for line in out.splitlines(keepends=True):
-        if not current and line.startswith("#"):
-            continue
-        current += line
-        try:
-            shlex.split(current)
-        except ValueError:
-            continue  # inside a quoted --command: keep reading
-        commands.append(current.strip())
-        current = ""
-    return commands
-
-
 def test_dry_run_setup_and_create(fake, capfd):
     assert tpu("setup", *WHERE, "--dry-run") == 0
     out = capfd.readouterr().out
@@ -307,13 +203,6 @@ def test_dry_run_setup_and_create(fake, capfd):
 
 
 # ---- errors: one line, exit status 2 ----
-
-
-def error_of(capfd, *argv) -> str:
-    assert tpu(*argv) == 2
-    err = capfd.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("parsetune tpu: error: ")
-    return err[-1]
 
 
 def test_gcloud_missing(fake, capfd, monkeypatch, tmp_path):
@@ -405,158 +294,3 @@ def test_help(capsys):
     out = capsys.readouterr().out
     assert "--dry-run" in out and "--run-dir" in out and "examples" in out
     assert "--max-restarts" in out and "-- export --checkpoint" in out and "-- eval generate" in out
-
-
-def test_each_worker_gets_the_pod_environment(fake, capfd, monkeypatch):
-    """The stand-in gives worker i what a TPU VM's JAX detects: one coordinator, the process count, index i."""
-    monkeypatch.setenv("FAKE_GCLOUD_DEVICES_PER_WORKER", "3")
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1")
-    create_and_setup(fake, capfd, accel="v4-16")  # 2 hosts
-    assert tpu("submit", *WHERE, "--accelerator-type", "v4-16", "--config", CONFIG, *GS_RUN, "--job", "p") == 0
-    port = json.loads((fake.root / "tpus.json").read_text())["viggo-lora"]["port"]
-    for w in (0, 1):
-        assert wait_for(lambda: (fake.home(w) / "parsetune/jobs/p.rc").exists())
-        log = (fake.home(w) / "parsetune/jobs/p.log").read_text()
-        assert f"pod: 127.0.0.1:{port} 2 {w} --xla_force_host_platform_device_count=3 cpu http://127.0.0.1:1" in log
-
-
-def test_dry_run_with_max_restarts(fake, capfd, monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    assert tpu("submit", "--config", CONFIG, *GS_RUN, "--job", "j", "--max-restarts", "2", "--poll", "5", "--dry-run") == 0
-    out = capfd.readouterr().out
-    assert "# then every 5 s: describe viggo-lora and probe job j on each worker until it ends; when the TPU is " \
-           "PREEMPTED, TERMINATED or NOT_FOUND: delete, create, setup and start the job again (at most 2 times)" in out
-    assert not (fake.root / "calls.jsonl").exists()
-
-
-# ---- one run dir, checked first; any job; secrets masked everywhere; dry-run comments stay comments ----
-
-
-def test_multi_host_needs_gs_run_dir_before_any_gcloud_call(fake, capfd, tmp_path):
-    config = tmp_path / "local_run.yaml"
-    config.write_text(Path(CONFIG).read_text() + "run_dir: runs/local\n")
-    err = error_of(capfd, "submit", *WHERE, "--config", str(config))
-    assert err == ("parsetune tpu: error: TPU viggo-lora has 4 workers: a multi-host train needs one gs:// run dir every "
-                   "worker writes to (the config's run_dir 'runs/local' would be on each worker's own disk): pass "
-                   "--run-dir gs://BUCKET/PREFIX or set tpu.run_dir")  # fmt: skip
-    assert fake.calls() == []
-    err = error_of(capfd, "submit", *ONE_HOST, "--config", str(config), "--max-restarts", "2")
-    assert "--max-restarts needs a gs:// run dir (a recreated TPU VM starts with an empty disk)" in err
-    assert fake.calls() == []
-    # a 4-worker TPU that the flags/config call a 1-host one: caught by describe, still before anything is copied
-    create_and_setup(fake, capfd)
-    err = error_of(capfd, "submit", *ONE_HOST, "--config", str(config), "--job", "j")
-    assert "TPU viggo-lora has 4 workers: a multi-host train needs one gs:// run dir" in err
-    assert [a[3] for a in fake.argvs()[1:]] == ["describe"]
-
-
-def test_export_job_runs_on_worker_0_only(fake, capfd):
-    create_and_setup(fake, capfd)  # 4 workers
-    out = "gs://b/runs/x/hf-3"
-    assert tpu("submit", *WHERE, "--job", "ex", "--", "export", "--checkpoint", "gs://b/runs/x/checkpoints/step-3", "--out", out) == 0
-    argvs = strip_commands(fake.argvs())
-    assert [a[3] for a in argvs[1:]] == ["describe", "ssh", "scp", "ssh", "ssh"]  # no config copy for export
-    assert argvs[3][-1] == "--worker=0" and argvs[5][-2] == "--worker=0"  # env file and launch: worker 0 only
-    assert argvs[4][-2] == "--worker=all"  # the others: marked as not running it
-    assert wait_for(lambda: (fake.home(0) / "parsetune/jobs/ex.rc").exists())
-    log = (fake.home(0) / "parsetune/jobs/ex.log").read_text()
-    assert f"fake parsetune argv: export --checkpoint gs://b/runs/x/checkpoints/step-3 --out {out}" in log
-    assert not (fake.home(1) / "parsetune/jobs/ex.env").exists()
-    capfd.readouterr()
-    assert tpu("status", *WHERE) == 0
-    out_text = capfd.readouterr().out
-    assert "worker 0: job ex exited (exit status 0)" in out_text
-    assert all(f"worker {w}: job ex skipped (the job runs on another worker)" in out_text for w in (1, 2, 3))
-    # the next job may start: nothing runs anywhere
-    assert tpu("submit", *WHERE, "--job", "ev", "--worker", "1", "--", "eval", "score", "p.jsonl", "--out", "scores") == 0
-    assert wait_for(lambda: (fake.home(1) / "parsetune/jobs/ev.rc").read_text().strip() == "0" if (fake.home(1) / "parsetune/jobs/ev.rc").exists() else False)
-    assert "fake parsetune argv: eval score p.jsonl --out scores" in (fake.home(1) / "parsetune/jobs/ev.log").read_text()
-    assert "submit needs --config CONFIG" in error_of(capfd, "submit", *WHERE, "--", "run")
-    assert "--worker 7: TPU viggo-lora has workers 0..3" in error_of(capfd, "submit", *WHERE, "--worker", "7", "--", "export", "--out", "x")
-
-
-@pytest.mark.parametrize("secret", ["secret123", "ab"])
-def test_logs_and_status_mask_secrets(fake, capfd, monkeypatch, secret):
-    monkeypatch.setenv("WANDB_API_KEY", secret)
-    create_and_setup(fake, capfd, accel="v3-8")
-    monkeypatch.setenv("FAKE_LEAK_SECRET", "1")
-    monkeypatch.setenv("FAKE_TRAIN_FAIL_WORKER", "0")
-    assert tpu("submit", *ONE_HOST, "--config", CONFIG, "--job", "leak") == 0
-    home = fake.home(0)
-    assert wait_for(lambda: (home / "parsetune/jobs/leak.rc").exists())
-    assert f"the key is {secret}" in (home / "parsetune/jobs/leak.log").read_text()  # the job did print it
-    capfd.readouterr()
-    assert tpu("logs", *WHERE) == 0
-    assert tpu("logs", *WHERE, "--worker", "0") == 0  # streamed, not captured
-    assert tpu("status", *WHERE, "--lines", "50") == 2  # the job failed: its log tail is shown
-    printed = capfd.readouterr()
-    assert printed.out.count("the key is ****") == 2 and "the key is ****" in printed.err
-    assert secret not in printed.out + printed.err
-
-
-@pytest.mark.parametrize("where", ["flag", "file name", "yaml"])
-def test_dry_run_comments_cannot_become_commands(fake, capfd, monkeypatch, tmp_path, where):
-    """A newline in --run-dir, the config's file name or tpu.run_dir stays inside its # comment: running
-    the printed script (with do-nothing gcloud/git) executes no injected line."""
-    payload = "\ntouch PWNED\n"
-    config = tmp_path / ("c" + payload.replace("\n", "-") + ".yaml")
-    if where == "file name":
-        config = tmp_path / ("c" + payload + ".yaml")
-    text = Path(CONFIG).read_text().replace("  spot: true\n", "  spot: true\n  run_dir: " + json.dumps("gs://b/y" + payload) + "\n")
-    config.write_text(text if where == "yaml" else Path(CONFIG).read_text())
-    flags = ["--run-dir", "gs://b/x" + payload] if where == "flag" else ["--run-dir", "gs://b/x"] if where == "file name" else []
-    assert tpu("submit", "--config", str(config), *flags, "--job", "j", "--dry-run") == 0
-    out = capfd.readouterr().out
-    assert "\\ntouch PWNED\\n" in out  # the value is shown, escaped, in a comment
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    for tool in ("gcloud", "git"):
-        (stubs / tool).write_text("#!/bin/sh\nexit 0\n")
-        (stubs / tool).chmod(0o755)
-    sandbox = tmp_path / "sandbox"
-    sandbox.mkdir()
-    ran = subprocess.run(["bash", "-c", out], cwd=sandbox, env={"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(sandbox)},
-                         capture_output=True, text=True)  # fmt: skip
-    assert ran.returncode == 0, ran.stderr
-    assert os.listdir(sandbox) == []
-
-
-# ---- preemption: submit --max-restarts (stand-in parsetune; the real one: test_tpu_pod.py) ----
-
-
-@pytest.mark.parametrize("action, state", [("preempt", "PREEMPTED"), ("vanish", "NOT_FOUND")])
-def test_max_restarts_recreates_a_lost_spot_tpu(fake, capfd, monkeypatch, action, state):
-    monkeypatch.setenv("FAKE_GCLOUD_PREEMPT_AFTER", "1")  # seconds after the job started
-    monkeypatch.setenv("FAKE_GCLOUD_PREEMPT_ACTION", action)
-    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "3")
-    create_and_setup(fake, capfd, accel="v3-8")
-    code = tpu("submit", *ONE_HOST, "--config", CONFIG, *GS_RUN, "--job", "j", "--max-restarts", "2", "--poll", "0.2")
-    out, err = capfd.readouterr()
-    assert code == 0, err
-    assert f"restart 1 of 2: TPU viggo-lora is {state}; recreating it and starting job j again" in out
-    assert "job j finished: exit status 0 after 1 restart(s)" in out and "restart 2" not in out
-    verbs = [a[3] for a in fake.argvs() if a[:3] == ["compute", "tpus", "tpu-vm"]]
-    assert verbs.count("create") == 1 and verbs.count("delete") == (1 if action == "preempt" else 0)
-    assert (fake.root / "preemptions-viggo-lora").read_text().count("\n") == 1
-    log = (fake.home(0) / "parsetune/jobs/j.log").read_text()  # the recreated worker ran the same job to the end
-    assert "fake parsetune argv: train parsetune/jobs/j.yaml --run_dir gs://some-bucket/runs/x" in log and "train done" in log
-    assert (fake.home(0) / "seen_WANDB_API_KEY").read_text() == SECRET  # the secrets reached the new VM too
-    assert SECRET not in out + err
-
-
-def test_watch_without_restarts_and_failures_are_not_restarted(fake, capfd, monkeypatch):
-    monkeypatch.setenv("FAKE_GCLOUD_PREEMPT_AFTER", "0.5")
-    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "5")
-    create_and_setup(fake, capfd, accel="v3-8")
-    err = error_of(capfd, "submit", *ONE_HOST, "--config", CONFIG, "--job", "j", "--watch", "--poll", "0.2")
-    assert err == "parsetune tpu: error: job j lost: TPU viggo-lora is PREEMPTED; pass --max-restarts N to recover"
-    # a job that fails on a READY TPU is reported, not restarted
-    assert tpu("delete", *WHERE, "--yes") == 0
-    monkeypatch.delenv("FAKE_GCLOUD_PREEMPT_AFTER")
-    monkeypatch.setenv("FAKE_TRAIN_SECONDS", "0")
-    monkeypatch.setenv("FAKE_TRAIN_FAIL_WORKER", "1")
-    create_and_setup(fake, capfd, accel="v4-16")
-    err = error_of(capfd, "submit", *WHERE, "--accelerator-type", "v4-16", "--config", CONFIG, *GS_RUN, "--job", "k",
-                   "--max-restarts", "3", "--poll", "0.2")  # fmt: skip
-    assert err.startswith("parsetune tpu: error: job failed on worker 1: exited (exit status 1): ")
-    assert "create" not in [a[3] for a in fake.argvs() if len(a) > 3]

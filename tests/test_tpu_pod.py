@@ -13,12 +13,11 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import REPO
-from test_tpu_cli import fake, tpu  # noqa: F401  (fixture and helper)
+from tpu_harness import tpu
 from train_helpers import prepare_tiny_data, run_train, tiny_config
 
 pytestmark = pytest.mark.slow
