@@ -99,8 +99,10 @@ def run_train_pod(config: str, overrides: list[str], hosts: int) -> int:
 
 def run_export(args) -> int:
     from pipelines.checkpoint_export import export_checkpoint
+    from pipelines.distributed import fail_fast
 
-    completed = export_checkpoint(args.checkpoint, args.out, args.config, args.adapter_out)
+    with fail_fast("export"):  # a pod exports together: one failing host must not leave the others waiting
+        completed = export_checkpoint(args.checkpoint, args.out, args.config, args.adapter_out)
     print(f"exported {args.checkpoint} ({completed} completed steps) to {args.out}" + (f" (adapter: {args.adapter_out})" if args.adapter_out else ""))
     return 0
 

@@ -159,13 +159,12 @@ def step_flops(config: TrainConfig, model, trainer):
 
 
 def export_run(config: TrainConfig, model, converter, step: int) -> None:
+    from pipelines.distributed import is_chief
     from pipelines.export import export_merged_hf, export_peft_adapter
     from pipelines.hf_files import read_hf_config
 
     is_lora = isinstance(config.method, LoraMethodConfig)
     marker = {"completed_steps": step, "base_model": config.model, "method": "lora" if is_lora else "full"}
-    from pipelines.distributed import is_chief
-
     if is_chief():
         say(f"exporting merged HF checkpoint to {storage.join(config.run_dir, 'hf')}")
     export_merged_hf(model, converter, config.model, storage.join(config.run_dir, "hf"), marker, is_lora)
@@ -184,10 +183,9 @@ def train(config: TrainConfig) -> TrainResult:
     from pipelines.hooks import KILL_AFTER_STEP_ENV, CheckpointHook, EvalLoss, KillAfterStep, MetricsLog, StepLogger
     from pipelines.levanter_compat import converter_for_checkpoint
     from pipelines.lm_dataset import PackedLmDataset
-    from pipelines.loss import rows_need, training_loss
-
     from pipelines import distributed
     from pipelines.levanter_compat import join_tracker_broadcast, tracker_for_host
+    from pipelines.loss import rows_need, training_loss
 
     config = dataclasses.replace(config, trainer=distributed.initialize(config.trainer))  # before any JAX backend use
     chief = distributed.is_chief()
