@@ -34,7 +34,7 @@ def trained_model(checkpoint: str, config_path: str | None = None):
     from levanter.models.lm_model import compute_next_token_loss
     from levanter.trainer import Trainer
 
-    from pipelines.levanter_compat import converter_for_checkpoint
+    from parsetune.model_families import converter_for_checkpoint
     from pipelines.model_loading import load_model
     from pipelines.train import quiet_library_logs
 
@@ -67,7 +67,7 @@ def export_checkpoint(checkpoint: str, out_dir: str, config_path: str | None = N
     """Load ``checkpoint`` into the run's model and write ``out_dir`` (merged HF); returns the number of
     completed training steps in it (Levanter's ``step-N`` holds the state after N + 1 steps)."""
     from pipelines.export import export_merged_hf, export_peft_adapter
-    from pipelines.hf_files import read_hf_config
+    from parsetune.hf_files import read_hf_config
     from pipelines.model_loading import lora_config_of
 
     with trained_model(checkpoint, config_path) as (model, converter, config, step):

@@ -20,7 +20,7 @@ from levanter.utils.jax_utils import local_cpu_mesh
 
 from parsetune import storage
 from pipelines.distributed import host_local_copy, is_chief
-from pipelines.hf_files import read_hf_config
+from parsetune.hf_files import read_hf_config
 from pipelines.levanter_compat import merge_lora, peft_prefix, restack_layers
 
 EXPORT_MARKER = "parsetune_export.json"

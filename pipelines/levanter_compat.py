@@ -2,9 +2,10 @@
 ``tests/test_levanter_compat.py`` that also checks the upstream bug is still there (so we learn
 when an upgrade makes a fix unnecessary).
 
-1. ``converter_for_checkpoint``: ``HFCheckpointConverter.from_hf`` instantiates every model's
-   default *hub* checkpoint to choose the config class, so it fails offline even for a local
-   path. We choose the class from the checkpoint's own ``config.json`` ``model_type``.
+1. ``converter_for_checkpoint`` (in ``parsetune.model_families``, shared with ``eval``):
+   ``HFCheckpointConverter.from_hf`` instantiates every model's default *hub* checkpoint to choose
+   the config class, so it fails offline even for a local path. We choose the class from the
+   checkpoint's own ``config.json`` ``model_type``.
 2. ``loraize_from_base``: ``LowRankLinear.init`` draws both LoRA matrices at random, so a freshly
    loraized model is not the pretrained model. PEFT starts B at zero; so do we.
 3. ``merge_lora``: ``LoraLinear.merge`` returns the merged weight with its axes flipped
@@ -33,43 +34,12 @@ when an upgrade makes a fix unnecessary).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import equinox as eqx
 import haliax as hax
 import jax
-import transformers
-from levanter.compat.hf_checkpoints import HFCheckpointConverter
 from levanter.lora import LoraConfig, LoraLinear, LowRankLinear, loraize
 
-from parsetune import storage
-from parsetune.errors import UserError
-from pipelines.hf_files import read_hf_config
-
-
-def levanter_config_classes() -> dict:
-    """HF ``model_type`` -> Levanter config class, for the decoder families we support."""
-    from levanter.models.gpt2 import Gpt2Config
-    from levanter.models.llama import LlamaConfig
-    from levanter.models.mistral import MistralConfig
-    from levanter.models.qwen import QwenConfig
-
-    return {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": QwenConfig, "gpt2": Gpt2Config}
-
-
-def converter_for_checkpoint(model_dir: str) -> HFCheckpointConverter:
-    """An HF<->Levanter converter for a local (or gs://) checkpoint, without touching the hub."""
-    if not storage.is_gcs(model_dir) and os.path.isdir(model_dir):
-        model_dir = os.path.abspath(model_dir)
-    hf = read_hf_config(model_dir)
-    model_type = hf.get("model_type")
-    classes = levanter_config_classes()
-    if model_type not in classes:
-        raise UserError(f"{model_dir}: model_type {model_type!r} is not supported (supported: {', '.join(classes)})")
-    hf_config_class = transformers.AutoConfig.for_model(model_type).__class__
-    return HFCheckpointConverter(
-        classes[model_type], reference_checkpoint=model_dir, HfConfigClass=hf_config_class, tokenizer=model_dir
-    )
 
 
 def _zero_lora_b(module):

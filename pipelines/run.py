@@ -57,7 +57,7 @@ def base_model_action(model: str, base_model: str | None) -> str:
 
     A missing local path is fetched whenever ``prep.base_model`` is set, even if it looks like a hub
     id (``models/smollm2-135m-instruct`` is both)."""
-    from pipelines.hf_files import is_hub_id
+    from parsetune.hf_files import is_hub_id
 
     if storage.is_gcs(model) or storage.exists(storage.join(model, "config.json")):
         return "ready"

@@ -161,7 +161,7 @@ def step_flops(config: TrainConfig, model, trainer):
 def export_run(config: TrainConfig, model, converter, step: int) -> None:
     from pipelines.distributed import is_chief
     from pipelines.export import export_merged_hf, export_peft_adapter
-    from pipelines.hf_files import read_hf_config
+    from parsetune.hf_files import read_hf_config
 
     is_lora = isinstance(config.method, LoraMethodConfig)
     marker = {"completed_steps": step, "base_model": config.model, "method": "lora" if is_lora else "full"}
@@ -181,7 +181,7 @@ def train(config: TrainConfig) -> TrainResult:
     from levanter.trainer import Trainer
 
     from pipelines.hooks import KILL_AFTER_STEP_ENV, CheckpointHook, EvalLoss, KillAfterStep, MetricsLog, StepLogger
-    from pipelines.levanter_compat import converter_for_checkpoint
+    from parsetune.model_families import converter_for_checkpoint
     from pipelines.lm_dataset import PackedLmDataset
     from pipelines import distributed
     from pipelines.levanter_compat import join_tracker_broadcast, tracker_for_host

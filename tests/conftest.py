@@ -98,7 +98,7 @@ def levanter_model(model_dir: Path):
     import jax.numpy as jnp
     from levanter.trainer import TrainerConfig
 
-    from pipelines.levanter_compat import converter_for_checkpoint
+    from parsetune.model_families import converter_for_checkpoint
 
     config = TrainerConfig(require_accelerator=False)
     with hax.partitioning.set_mesh(config.device_mesh), hax.axis_mapping(config.parameter_axis_mapping):

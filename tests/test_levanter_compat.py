@@ -14,8 +14,9 @@ from levanter.lora import DEFAULT_DICT_PREFIX, LoraConfig, loraize, merge_lora_m
 
 from conftest import levanter_model
 from pipelines.config import DEFAULT_LORA_TARGETS
+from parsetune.model_families import converter_for_checkpoint
 from pipelines.levanter_compat import (
-    converter_for_checkpoint, count_lora_modules, loraize_from_base, merge_lora, peft_prefix, restack_layers, unroll_layers,
+    count_lora_modules, loraize_from_base, merge_lora, peft_prefix, restack_layers, unroll_layers,
 )
 
 LORA = LoraConfig(target_modules=DEFAULT_LORA_TARGETS, r=4, alpha=8)
@@ -90,7 +91,7 @@ def test_peft_prefix_for_llama():
 
 def test_hub_ids_are_read_from_the_hub_with_a_clear_error_offline(monkeypatch, tmp_path):
     from parsetune.errors import UserError
-    from pipelines.hf_files import is_hub_id, read_hf_config
+    from parsetune.hf_files import is_hub_id, read_hf_config
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))

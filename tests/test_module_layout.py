@@ -10,7 +10,7 @@ from conftest import REPO
 
 
 def test_hf_files_imports_without_jax():
-    code = "import sys, pipelines.hf_files as h; assert h.is_hub_id('org/name'); print('jax' in sys.modules)"
+    code = "import sys, parsetune.hf_files as h; assert h.is_hub_id('org/name'); print('jax' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"

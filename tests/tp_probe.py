@@ -11,7 +11,7 @@ import optax
 from levanter.trainer import Trainer, TrainerConfig
 
 from pipelines.config import FullConfig, LoraMethodConfig, TrainConfig
-from pipelines.levanter_compat import converter_for_checkpoint
+from parsetune.model_families import converter_for_checkpoint
 from pipelines.model_loading import load_model
 
 
