@@ -85,16 +85,19 @@ def interleaved(model_dir, data, limit, batch_size, max_new_tokens):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from eval.compile_cache import enable_compilation_cache
     from eval.decoding import GreedyDecoder, bucket_length
-    from eval.generate import read_prompts, special_ids
-    from eval.llama_jax import load_llama, read_config
+    from eval.generate import prompt_bucket, read_config, read_prompts, special_ids
+    from eval.generation_model import GenerationModel
 
+    enable_compilation_cache()
     records = read_prompts(data, limit)
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = sorted((tok(r.input)["input_ids"] for r in records), key=len)
     eos, pad = special_ids(model_dir, read_config(model_dir), tok)
-    shape, params = load_llama(model_dir)
-    decoder = GreedyDecoder(shape, params, eos, pad, max_new_tokens, bucket_length(len(ids[-1]), 16) + max_new_tokens)
+    bucket = prompt_bucket(len(ids[-1]))
+    decoder = GreedyDecoder(GenerationModel.load(model_dir), eos, pad, max_new_tokens,
+                            bucket_length(len(ids[-1]), bucket) + max_new_tokens, bucket)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
     start = time.perf_counter()

@@ -37,7 +37,12 @@ examples:
 
 
 _GENERATE_DESCRIPTION = """\
-Generate predictions with greedy decoding (JAX, KV cache) from a local HF Llama checkpoint.
+Generate predictions with greedy decoding from an HF checkpoint (local or gs://), on the same
+Levanter model classes the trainer uses, with a KV cache. Families: llama (incl. Llama-3
+rope_scaling), mistral, qwen2. The model is sharded over all visible devices (on a TPU pod, all
+hosts: run the same command on every host; process 0 writes the predictions): --model-axis-size N
+devices shard heads, KV heads and the MLP, the rest shard the batch. Compiled programs are kept in
+~/.cache/parsetune/xla (PARSETUNE_COMPILATION_CACHE=DIR or off), so a second run skips compilation.
 
 SPLIT.jsonl is prepared data ({"id", "input", "output"} per line, e.g. from `parsetune prep`).
 Writes PREDICTIONS.jsonl ({"id", "input", "reference", "prediction"} per line, input order),
@@ -93,7 +98,13 @@ def _run_generate(args: argparse.Namespace) -> int:
         limit=args.limit,
         constrain=constrain,
         schema_path=schema,
+        dtype=args.dtype,
+        model_axis_size=args.model_axis_size,
     )
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
     print(
         f"generated {stats.n} predictions -> {args.out} in {stats.seconds:.1f} s "
         f"({stats.examples_per_second:.2f} examples/s; {stats.n - stats.stopped_at_eos} hit --max-new-tokens)"
@@ -132,12 +143,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     eval_sub = eval_parser.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
     gen = eval_sub.add_parser(
         "generate",
-        help="greedy (optionally grammar-constrained) predictions from an HF Llama checkpoint",
+        help="greedy (optionally grammar-constrained) predictions from an HF checkpoint",
         description=_GENERATE_DESCRIPTION,
         epilog=_GENERATE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    gen.add_argument("--model", required=True, metavar="DIR", help="local HF checkpoint directory (config.json, *.safetensors, tokenizer)")
+    gen.add_argument("--model", required=True, metavar="DIR", help="HF checkpoint directory, local or gs:// (config.json, *.safetensors, tokenizer)")
     gen.add_argument("--data", required=True, metavar="SPLIT.jsonl", help="prepared data (local or gs://)")
     gen.add_argument("--out", required=True, metavar="PREDICTIONS.jsonl", help="predictions file to write (local or gs://)")
     gen.add_argument("--batch-size", type=int, default=8, metavar="N", help="rows decoded together [8]")
@@ -146,6 +157,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument(
         "--constrain", nargs="+", metavar=("KIND", "FILE"), default=None,
         help="grammar constraint: 'viggo' or 'json-schema FILE'",
+    )  # fmt: skip
+    gen.add_argument(
+        "--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+        help="weights and compute: auto = bfloat16 on TPU, float32 elsewhere (XLA:CPU bf16 is slow) [auto]",
+    )
+    gen.add_argument(
+        "--model-axis-size", type=int, default=1, metavar="N",
+        help="devices per model shard (must divide heads, KV heads, MLP width and the device count) [1]",
     )  # fmt: skip
     gen.set_defaults(func=_run_generate)
     score = eval_sub.add_parser(

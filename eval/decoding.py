@@ -1,10 +1,11 @@
-"""Batched greedy decoding with a KV cache: one jitted prefill, then one jitted step per token.
+"""Batched greedy decoding with a KV cache: one compiled prefill, then one compiled step per token.
 
 ``GreedyDecoder.generate(prompts)`` takes a batch of token-id lists, left-pads them into a prompt
 length bucketed to a multiple of ``bucket`` (few recompiles), and decodes greedily until every row
-has produced an EOS id or ``max_new_tokens`` tokens. The cache has a fixed number of slots chosen
-by the caller (the longest bucketed prompt of the whole job + ``max_new_tokens``), so the decode
-step compiles once per batch size.
+has produced an EOS id or ``max_new_tokens`` tokens. The model is a ``GenerationModel`` (the
+trainer's Levanter model on a device mesh, ``eval.generation_model``). The cache has a fixed number
+of slots chosen by the caller (the longest bucketed prompt of the whole job + ``max_new_tokens``),
+so the decode step compiles once per batch size.
 
 An optional ``TokenConstraint`` (see ``eval.constrained``) restricts each row's next token: it
 fills a packed bit mask (llguidance layout, 32 tokens per int32) before every pick and is told the
@@ -13,15 +14,12 @@ token picked after it. Unconstrained decoding uses an all-ones mask, so both sha
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from eval.llama_jax import Cache, LlamaShape, Params, forward, init_cache
+from eval.generation_model import GenerationModel
 
 
 class TokenConstraint(Protocol):
@@ -50,32 +48,10 @@ def mask_width(vocab_size: int) -> int:
     return (vocab_size + 31) // 32
 
 
-def _pick(logits_BxV: jax.Array, bitmask_BxW: jax.Array) -> jax.Array:
-    """Greedy choice among the tokens whose bit is set in the packed mask."""
-    vocab_V = jnp.arange(logits_BxV.shape[-1])
-    allowed_BxV = (bitmask_BxW[:, vocab_V // 32] >> (vocab_V % 32)) & 1
-    return jnp.argmax(jnp.where(allowed_BxV == 1, logits_BxV, -jnp.inf), axis=-1).astype(jnp.int32)
-
-
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
-def _prefill(shape: LlamaShape, params: Params, tokens_BxT, pad_B, cache: Cache, bitmask_BxW):
-    """Fill cache slots [0, T) and pick each row's first new token."""
-    logits_Bx1xV, cache = forward(shape, params, tokens_BxT, pad_B, 0, cache, last_only=True)
-    return _pick(logits_Bx1xV[:, 0], bitmask_BxW), cache
-
-
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=5)
-def _step(shape: LlamaShape, params: Params, token_B, pad_B, slot, cache: Cache, bitmask_BxW):
-    """Feed one token per row at cache slot ``slot`` and pick the next one."""
-    logits_Bx1xV, cache = forward(shape, params, token_B[:, None], pad_B, slot, cache)
-    return _pick(logits_Bx1xV[:, 0], bitmask_BxW), cache
-
-
 class GreedyDecoder:
     def __init__(
         self,
-        shape: LlamaShape,
-        params: Params,
+        model: GenerationModel,
         eos_ids: Sequence[int],
         pad_id: int,
         max_new_tokens: int,
@@ -84,7 +60,7 @@ class GreedyDecoder:
     ) -> None:
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
-        self.shape, self.params = shape, params
+        self.model = model
         self.eos_ids = frozenset(int(i) for i in eos_ids)
         self.pad_id, self.max_new_tokens, self.slots, self.bucket = pad_id, max_new_tokens, slots, bucket
 
@@ -99,29 +75,27 @@ class GreedyDecoder:
         for row, ids in enumerate(prompts):
             tokens_BxT[row, t - len(ids) :] = ids
             pad_B[row] = t - len(ids)
-        pad_dev = jnp.asarray(pad_B)
-        bitmask_BxW = np.full((b, mask_width(self.shape.vocab_size)), -1, np.int32)
-        full_mask = jnp.asarray(bitmask_BxW)
+        bitmask_BxW = np.full((b, mask_width(self.model.vocab_size)), -1, np.int32)
+        full_mask = bitmask_BxW.copy()
         out: list[list[int]] = [[] for _ in range(b)]
         done = [False] * b
         at_eos = [False] * b
         fallback = min(self.eos_ids) if self.eos_ids else self.pad_id
         if constraint is not None:
             constraint.start(b)
-        next_B, cache = None, init_cache(self.shape, b, self.slots)
+        next_B, cache = None, self.model.init_cache(b, self.slots)
         for i in range(self.max_new_tokens):
             if constraint is not None:
                 bitmask_BxW.fill(-1)
                 constraint.fill_masks(bitmask_BxW, [not d for d in done], self.max_new_tokens - i)
-                mask = jnp.asarray(bitmask_BxW)
+                mask = bitmask_BxW
             else:
                 mask = full_mask
             if next_B is None:
-                picked, cache = _prefill(self.shape, self.params, jnp.asarray(tokens_BxT), pad_dev, cache, mask)
+                picked, cache = self.model.prefill(tokens_BxT, pad_B, cache, mask)
             else:
-                slot = jnp.int32(t + i - 1)
-                picked, cache = _step(self.shape, self.params, jnp.asarray(next_B), pad_dev, slot, cache, mask)
-            next_B = np.array(picked)
+                picked, cache = self.model.step(next_B, pad_B, t + i - 1, cache, mask)
+            next_B = self.model.fetch(picked).astype(np.int32)
             for row in range(b):
                 if done[row]:
                     next_B[row] = fallback

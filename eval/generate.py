@@ -1,9 +1,12 @@
-"""``generate_predictions``: prepared data JSONL + HF Llama checkpoint in, predictions JSONL out.
+"""``generate_predictions``: prepared data JSONL + HF checkpoint in, predictions JSONL out.
 
 Reads ``{"id", "input", "output"}`` rows (DESIGN.md §2, "Prepared data"), sorts them by prompt
-length into batches (less padding), decodes each batch greedily with ``eval.decoding`` (optionally
-grammar-constrained, ``eval.constrained``), and writes ``{"id", "input", "reference",
-"prediction"}`` lines in input order, atomically: a failed run leaves nothing behind.
+length into batches (less padding), decodes each batch greedily with ``eval.decoding`` on the
+trainer's Levanter model (``eval.generation_model``; optionally grammar-constrained,
+``eval.constrained``), and writes ``{"id", "input", "reference", "prediction"}`` lines in input
+order, atomically: a failed run leaves nothing behind. Model, data and predictions may be local or
+gs://. On a multi-host pod every process decodes (the model is sharded over all of them) and
+process 0 alone writes the predictions.
 """
 
 from __future__ import annotations
@@ -38,6 +41,23 @@ def _ids(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
+def read_config(model_dir: str) -> dict[str, Any]:
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no config.json (expected an HF checkpoint directory)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+
+
+def prompt_bucket(longest_prompt: int) -> int:
+    """Prompt lengths are padded to multiples of this: 16 up to 128 tokens, then 32, then 64, so a
+    whole split compiles a handful of prefill shapes."""
+    return 16 if longest_prompt <= 128 else 32 if longest_prompt <= 512 else 64
+
+
 def special_ids(model_dir: str, config: dict[str, Any], tokenizer) -> tuple[list[int], int]:
     """EOS ids (generation_config.json, else config.json, else the tokenizer) and the pad id."""
     gen: dict[str, Any] = {}
@@ -62,44 +82,61 @@ def generate_predictions(
     constrain: str | None = None,
     schema_path: str | None = None,
     progress: bool = True,
+    dtype: str = "auto",
+    model_axis_size: int = 1,
 ) -> GenerateStats:
     """Generate a prediction for every row of ``data_path`` and write them to ``out_path``."""
     from eval.constrained import CONSTRAINTS, build_constraint
-    from eval.llama_jax import read_config
+    from eval.generation_model import DTYPES, local_model_dir
 
     if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 1):
         raise UserError("--batch-size, --max-new-tokens and --limit must be positive")
     if constrain is not None and constrain not in CONSTRAINTS:
         raise UserError(f"unknown --constrain {constrain!r}; expected one of {', '.join(CONSTRAINTS)}")
-    if storage.is_gcs(model_dir):
-        raise UserError(f"{model_dir}: the model must be a local directory (copy it down first)")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if not storage.is_gcs(out_path) and os.path.isdir(out_path):
         raise UserError(f"{out_path}: is a directory, expected a file path for the predictions")
-    config = read_config(model_dir)
+    from parsetune.model_families import check_generates
+
+    if not storage.is_gcs(model_dir) and not os.path.isdir(model_dir):
+        raise UserError(f"{model_dir}: model directory not found")
+    check_generates(model_dir)
     records = read_prompts(data_path, limit)
+    from eval.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
+    model_dir = local_model_dir(model_dir)
+    config = read_config(model_dir)
 
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
     from eval.decoding import GreedyDecoder, bucket_length
-    from eval.llama_jax import load_llama
+    from eval.generation_model import GenerationModel
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     eos_ids, pad_id = special_ids(model_dir, config, tokenizer)
-    shape, params = load_llama(model_dir)
-    constraint = build_constraint(constrain, tokenizer, shape.vocab_size, eos_ids, schema_path)
+    model = GenerationModel.load(model_dir, dtype, model_axis_size)
+    if batch_size % model.data_axis_size:
+        raise UserError(f"--batch-size {batch_size} must be a multiple of the data axis ({model.data_axis_size} devices)")
+    constraint = build_constraint(constrain, tokenizer, model.vocab_size, eos_ids, schema_path)
     prompts = [tokenizer(r.input)["input_ids"] for r in records]
     for record, ids in zip(records, prompts):
         if not ids:
             raise UserError(f"{data_path}: row {record.id!r}: the prompt encodes to no tokens")
-    slots = bucket_length(max(len(p) for p in prompts), 16) + max_new_tokens
-    decoder = GreedyDecoder(shape, params, eos_ids, pad_id, max_new_tokens, slots)
+    bucket = prompt_bucket(max(len(p) for p in prompts))
+    slots = bucket_length(max(len(p) for p in prompts), bucket) + max_new_tokens
+    decoder = GreedyDecoder(model, eos_ids, pad_id, max_new_tokens, slots, bucket)
 
     order = sorted(range(len(records)), key=lambda i: len(prompts[i]))
     predictions: list[str | None] = [None] * len(records)
     eos_count = 0
     start = time.perf_counter()
-    with tqdm(total=len(records), desc="generate", unit="ex", disable=not progress) as bar:
+    import jax
+
+    chief = jax.process_index() == 0
+    with tqdm(total=len(records), desc="generate", unit="ex", disable=not progress or not chief) as bar:
         for first in range(0, len(order), batch_size):
             rows = order[first : first + batch_size]
             batch = [prompts[i] for i in rows]
@@ -114,5 +151,6 @@ def generate_predictions(
         json.dumps({"id": r.id, "input": r.input, "reference": r.output, "prediction": p}, ensure_ascii=False)
         for r, p in zip(records, predictions)
     ]
-    storage.write_bytes_atomic(out_path, ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
+    if chief:
+        storage.write_bytes_atomic(out_path, ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
     return GenerateStats(len(records), seconds, len(records) / seconds if seconds else 0.0, eos_count)

@@ -122,6 +122,8 @@ class EvalSection:
     constrain: Optional[str] = "viggo"  # viggo | json-schema | None
     schema: Optional[str] = None
     limit: Optional[int] = None  # first N rows only (quick runs)
+    dtype: str = "auto"  # float32 | bfloat16 | auto (bfloat16 on TPU, float32 elsewhere)
+    model_axis_size: int = 1  # devices per model shard (heads, kv_head, mlp); the rest shard the batch
 
 
 @dataclass

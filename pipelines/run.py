@@ -92,7 +92,7 @@ def evaluate_split(config: TrainConfig, model_dir: str, split: str, data_path: s
     if not storage.exists(predictions):
         stats = generate_predictions(
             model_dir, data_path, predictions, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
-            limit=e.limit, constrain=e.constrain, schema_path=e.schema,
+            limit=e.limit, constrain=e.constrain, schema_path=e.schema, dtype=e.dtype, model_axis_size=e.model_axis_size,
         )
         print(f"   {split}: {stats}", file=sys.stderr)
     return score_predictions(predictions, out_dir, task=config.prep.task, schema_path=e.schema if config.prep.task == "json" else None)
@@ -122,6 +122,9 @@ def run(config: TrainConfig) -> str:
     total = 5
     t = step(1, total, f"base model -> {config.model}")
     ensure_base_model(config)
+    from parsetune.model_families import check_generates
+
+    check_generates(config.model)  # before any training: the run must be able to evaluate what it trains
     done(t, "base model ready")
     t = step(2, total, f"prepare {config.prep.task} data -> {prep_dir}")
     prep_data(config, prep_dir)

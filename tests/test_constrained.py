@@ -14,10 +14,9 @@ from parsetune.tasks.viggo_mr import parse_mr
 def tiny(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from eval.llama_jax import load_llama
+    from eval.generation_model import GenerationModel
 
-    shape, params = load_llama(str(tiny_model_dir))
-    return AutoTokenizer.from_pretrained(tiny_model_dir), shape, params
+    return AutoTokenizer.from_pretrained(tiny_model_dir), GenerationModel.load(str(tiny_model_dir))
 
 
 def _matcher(tokenizer, grammar):
@@ -85,9 +84,9 @@ def test_random_model_constrained_outputs_all_parse(tiny, max_new_tokens):
     from eval.constrained import build_constraint
     from eval.decoding import GreedyDecoder
 
-    tokenizer, shape, params = tiny
-    constraint = build_constraint("viggo", tokenizer, shape.vocab_size, [2])
-    decoder = GreedyDecoder(shape, params, [2], 0, max_new_tokens, slots=64 + max_new_tokens)
+    tokenizer, model = tiny
+    constraint = build_constraint("viggo", tokenizer, model.vocab_size, [2])
+    decoder = GreedyDecoder(model, [2], 0, max_new_tokens, slots=64 + max_new_tokens)
     results = decoder.generate([tokenizer(p)["input_ids"] for p in PROMPTS], constraint)
     for r in results:
         text = tokenizer.decode(r.tokens, skip_special_tokens=True)
@@ -109,9 +108,9 @@ def test_json_schema_constraint_yields_valid_json(tiny, tmp_path):
     }
     path = tmp_path / "schema.json"
     path.write_text(json.dumps(schema))
-    tokenizer, shape, params = tiny
-    constraint = build_constraint("json-schema", tokenizer, shape.vocab_size, [2], str(path))
-    decoder = GreedyDecoder(shape, params, [2], 0, 96, slots=160)
+    tokenizer, model = tiny
+    constraint = build_constraint("json-schema", tokenizer, model.vocab_size, [2], str(path))
+    decoder = GreedyDecoder(model, [2], 0, 96, slots=160)
     for r in decoder.generate([tokenizer(p)["input_ids"] for p in PROMPTS[:3]], constraint):
         text = tokenizer.decode(r.tokens, skip_special_tokens=True)
         assert r.stopped_at_eos, text

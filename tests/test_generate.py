@@ -1,4 +1,4 @@
-"""`eval generate`: the JAX forward and greedy decoding equal transformers' on the tiny Llama."""
+"""`eval generate`: the Levanter model with a KV cache and greedy decoding equal transformers' on the tiny Llama."""
 
 from __future__ import annotations
 
@@ -28,27 +28,35 @@ def hf(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def jax_model(tiny_model_dir):
-    from eval.llama_jax import load_llama
+    from eval.generation_model import GenerationModel
 
-    return load_llama(str(tiny_model_dir))
+    return GenerationModel.load(str(tiny_model_dir))
+
+
+def last_logits(model, ids, pad):
+    """Logits of each row's last prompt position from one cached prefill."""
+    import haliax as hax
+    import jax.numpy as jnp
+
+    from eval.cached_model import forward_cached
+
+    cache = model.init_cache(len(ids), ids.shape[1] + 3)
+    with model._context():
+        run = hax.named_jit(lambda m, t, p, c: forward_cached(m, t, p, jnp.int32(0), c)[0].rearrange(("batch", "vocab")))
+        out = run(model.model, model.to_global(ids, ("batch", "position")), model.to_global(pad, ("batch",)), cache)
+    return model.fetch(out)
 
 
 def test_logits_match_hf(hf, jax_model):
-    import jax.numpy as jnp
     import torch
-
-    from eval.llama_jax import forward, init_cache
 
     tok, model = hf
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
-        ref = model(**enc).logits.numpy()
-    shape, params = jax_model
-    ids = enc["input_ids"].numpy()
-    pad = (enc["attention_mask"].numpy() == 0).sum(1)
-    out, _ = forward(shape, params, jnp.asarray(ids), jnp.asarray(pad), 0, init_cache(shape, len(ids), ids.shape[1] + 3))
-    real = enc["attention_mask"].numpy().astype(bool)
-    assert np.abs(np.asarray(out)[real] - ref[real]).max() < 1e-4
+        ref = model(**enc).logits.numpy()[:, -1]
+    ids = enc["input_ids"].numpy().astype(np.int32)
+    pad = (enc["attention_mask"].numpy() == 0).sum(1).astype(np.int32)
+    assert np.abs(last_logits(jax_model, ids, pad) - ref).max() < 1e-4
 
 
 def _hf_greedy(hf, prompts, max_new_tokens):
@@ -68,9 +76,8 @@ def test_greedy_equals_hf_generate_token_for_token(hf, jax_model):
     from eval.decoding import GreedyDecoder
 
     tok, _ = hf
-    shape, params = jax_model
     expected = _hf_greedy(hf, PROMPTS, 24)
-    decoder = GreedyDecoder(shape, params, eos_ids=[2], pad_id=0, max_new_tokens=24, slots=128)
+    decoder = GreedyDecoder(jax_model, eos_ids=[2], pad_id=0, max_new_tokens=24, slots=128)
     got = decoder.generate([tok(p)["input_ids"] for p in PROMPTS])
     assert [g.tokens + [2] * g.stopped_at_eos for g in got] == expected
 
@@ -95,12 +102,11 @@ def test_eos_stops_rows_and_matches_hf(tiny_model_dir, tmp_path, hf):
     from transformers import LlamaForCausalLM
 
     from eval.decoding import GreedyDecoder
-    from eval.llama_jax import load_llama
+    from eval.generation_model import GenerationModel
 
     tok, _ = hf
     model_dir = _eos_loving_model(tiny_model_dir, tmp_path / "eos", after_token=300)
-    shape, params = load_llama(str(model_dir))
-    decoder = GreedyDecoder(shape, params, eos_ids=[2], pad_id=0, max_new_tokens=16, slots=128)
+    decoder = GreedyDecoder(GenerationModel.load(str(model_dir)), eos_ids=[2], pad_id=0, max_new_tokens=16, slots=128)
     got = decoder.generate([tok(p)["input_ids"] for p in PROMPTS])
     expected = _hf_greedy((tok, LlamaForCausalLM.from_pretrained(model_dir).eval()), PROMPTS, 16)
     assert [g.tokens + [2] * g.stopped_at_eos for g in got] == expected
