@@ -75,7 +75,37 @@ examples:
 """
 
 
+def _run_generate_pod(args: argparse.Namespace, hosts: int) -> int:
+    import sys
+
+    from parsetune.local_pod import pod_failure, run_local_pod
+
+    argv = ["eval", "generate", "--model", args.model, "--data", args.data, "--out", args.out]
+    for flag in ("batch_size", "max_new_tokens", "limit", "dtype", "model_axis_size"):
+        if getattr(args, flag) is not None:
+            argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    if args.constrain:
+        argv += ["--constrain", *args.constrain]
+    print(f"[parsetune eval generate] starting a simulated pod of {hosts} processes on 127.0.0.1", file=sys.stderr, flush=True)
+    failure = pod_failure(run_local_pod([sys.executable, "-m", "parsetune", *argv], hosts))
+    if failure:
+        raise UserError(failure)
+    return 0
+
+
 def _run_generate(args: argparse.Namespace) -> int:
+    if args.hosts is not None:
+        if args.hosts < 1:
+            raise UserError(f"--hosts {args.hosts}: expected a number of processes >= 1")
+        return _run_generate_pod(args, args.hosts)
+    from parsetune.distributed import fail_fast, join_pod
+
+    join_pod()  # a multi-host slice (or the simulated pod): before anything touches JAX
+    with fail_fast("eval generate"):
+        return _generate(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
     from eval.generate import generate_predictions
 
     constrain, schema = None, None
@@ -165,6 +195,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument(
         "--model-axis-size", type=int, default=1, metavar="N",
         help="devices per model shard (must divide heads, KV heads, MLP width and the device count) [1]",
+    )  # fmt: skip
+    gen.add_argument(
+        "--hosts", type=int, default=None, metavar="N",
+        help="simulate an N-host pod on this machine (N processes on 127.0.0.1, one mesh over all their devices)",
     )  # fmt: skip
     gen.set_defaults(func=_run_generate)
     score = eval_sub.add_parser(

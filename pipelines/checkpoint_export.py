@@ -48,7 +48,7 @@ def trained_model(checkpoint: str, config_path: str | None = None):
         id=(config.trainer.id or "run") + "-export",
         tracker=levanter.tracker.NoopConfig(),
     )
-    from pipelines import distributed
+    from parsetune import distributed
 
     config = dataclasses.replace(config, trainer=distributed.initialize(trainer_config))  # a pod exports together
     levanter.initialize(config)

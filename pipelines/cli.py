@@ -61,7 +61,7 @@ def run_train(args) -> int:
         except ValueError:
             raise UserError(f"--hosts {hosts}: expected a number of processes") from None
         return run_train_pod(args.config, overrides, count)
-    from pipelines.distributed import fail_fast
+    from parsetune.distributed import fail_fast
 
     config = parse_config(args.config, args.overrides)
     ignored = ignored_sections(args.config)
@@ -84,7 +84,7 @@ def run_train_pod(config: str, overrides: list[str], hosts: int) -> int:
     import sys
 
     from parsetune.errors import UserError
-    from pipelines.pod import pod_failure, run_local_pod
+    from parsetune.local_pod import pod_failure, run_local_pod
     from pipelines.train import parse_config
 
     parse_config(config, overrides)  # a bad config fails here once, not in every host
@@ -99,7 +99,7 @@ def run_train_pod(config: str, overrides: list[str], hosts: int) -> int:
 
 def run_export(args) -> int:
     from pipelines.checkpoint_export import export_checkpoint
-    from pipelines.distributed import fail_fast
+    from parsetune.distributed import fail_fast
 
     with fail_fast("export"):  # a pod exports together: one failing host must not leave the others waiting
         completed = export_checkpoint(args.checkpoint, args.out, args.config, args.adapter_out)

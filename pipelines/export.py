@@ -19,7 +19,7 @@ from levanter.lora import LoraConfig, save_peft_pretrained
 from levanter.utils.jax_utils import local_cpu_mesh
 
 from parsetune import storage
-from pipelines.distributed import host_local_copy, is_chief
+from parsetune.distributed import host_local_copy, is_chief
 from parsetune.hf_files import read_hf_config
 from pipelines.levanter_compat import merge_lora, peft_prefix, restack_layers
 

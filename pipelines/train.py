@@ -159,7 +159,7 @@ def step_flops(config: TrainConfig, model, trainer):
 
 
 def export_run(config: TrainConfig, model, converter, step: int) -> None:
-    from pipelines.distributed import is_chief
+    from parsetune.distributed import is_chief
     from pipelines.export import export_merged_hf, export_peft_adapter
     from parsetune.hf_files import read_hf_config
 
@@ -183,7 +183,7 @@ def train(config: TrainConfig) -> TrainResult:
     from pipelines.hooks import KILL_AFTER_STEP_ENV, CheckpointHook, EvalLoss, KillAfterStep, MetricsLog, StepLogger
     from parsetune.model_families import converter_for_checkpoint
     from pipelines.lm_dataset import PackedLmDataset
-    from pipelines import distributed
+    from parsetune import distributed
     from pipelines.levanter_compat import join_tracker_broadcast, tracker_for_host
     from pipelines.loss import rows_need, training_loss
 

@@ -15,6 +15,8 @@ import pytest
 
 ASSETS = Path(__file__).parent / "assets"
 REPO = Path(__file__).resolve().parent.parent
+# hermetic: generation's persistent XLA cache stays out of ~/.cache (tests of the cache set their own)
+os.environ.setdefault("PARSETUNE_COMPILATION_CACHE", "off")
 
 
 def _free_port() -> int:

@@ -43,7 +43,7 @@ def run_pod(config, hosts: int, *overrides: str, env: dict | None = None) -> sub
 
 def hand_made_pod(config, hosts: int, *overrides: str, env: dict | None = None) -> list[subprocess.Popen]:
     """Each host started by hand with the same command, as on a TPU slice (no launcher watching them)."""
-    from pipelines.pod import free_port, host_env
+    from parsetune.local_pod import free_port, host_env
 
     port = free_port()
     base = {**os.environ, **DEVICES(2), "PARSETUNE_HEARTBEAT_TIMEOUT": "15", **(env or {})}

@@ -84,14 +84,28 @@ def pod_settings(distributed_config) -> PodSettings:
 def initialize(trainer_config):
     """Join the pod (if there is one) and return the trainer config with Levanter's own
     ``jax.distributed`` initialisation turned off. Call before anything uses a JAX backend."""
+    _join(trainer_config.distributed)
+    distributed = dataclasses.replace(trainer_config.distributed, initialize_jax_distributed=False)
+    return dataclasses.replace(trainer_config, distributed=distributed)
+
+
+def join_pod() -> None:
+    """``initialize`` for a command without a trainer config (``eval generate``): the PARSETUNE_*
+    environment, or what Levanter detects by itself on a TPU slice. Call before any JAX backend use."""
+    from levanter.distributed import DistributedConfig
+
+    _join(DistributedConfig())
+
+
+def _join(distributed_config) -> None:
     import jax
 
-    settings = pod_settings(trainer_config.distributed)
+    settings = pod_settings(distributed_config)
     if not settings.explicit:
         # one process, or a TPU slice that describes itself: what Levanter would do, done now, so
         # that jax.process_index() is right from here on
         if not jax.distributed.is_initialized():
-            trainer_config.distributed.initialize()
+            distributed_config.initialize()
     elif not jax.distributed.is_initialized():
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         heartbeat = _env_int(HEARTBEAT_ENV) or DEFAULT_HEARTBEAT_SECONDS
@@ -102,8 +116,6 @@ def initialize(trainer_config):
             initialization_timeout=INIT_TIMEOUT_SECONDS,
             heartbeat_timeout_seconds=heartbeat,
         )
-    distributed = dataclasses.replace(trainer_config.distributed, initialize_jax_distributed=False)
-    return dataclasses.replace(trainer_config, distributed=distributed)
 
 
 def is_chief() -> bool:

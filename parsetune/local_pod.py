@@ -1,7 +1,7 @@
-"""``parsetune train CONFIG --hosts N``: a TPU pod in a box.
+"""``parsetune train CONFIG --hosts N`` and ``parsetune eval generate ... --hosts N``: a TPU pod in a box.
 
-Starts N copies of the same ``parsetune train`` command on this machine as one JAX pod (a
-coordinator on 127.0.0.1, process ids 0..N-1; see :mod:`pipelines.distributed`). Each process gets
+Starts N copies of the same command on this machine as one JAX pod (a
+coordinator on 127.0.0.1, process ids 0..N-1; see :mod:`parsetune.distributed`). Each process gets
 the devices ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` gives it, so one mesh spans N × K
 devices, as on an N-host slice. Their output is streamed line by line with a ``[host i]`` prefix.
 If one process fails or dies, the others are stopped (SIGTERM, then SIGKILL) and the pod fails as a
@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 from parsetune.errors import UserError
-from pipelines.distributed import COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV
+from parsetune.distributed import COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV
 
 STOP_GRACE_SECONDS = 10.0
 MAX_LOCAL_HOSTS = 16
