@@ -37,8 +37,9 @@ Nothing is copied or started until every worker has parsetune installed and no j
 
 train and run get CONFIG (copied to every worker) and RUN_DIR (--run-dir, tpu.run_dir, or the config's
 own gs:// run_dir) and run on all workers as one multi-host job: a TPU with more than one worker needs
-a gs:// RUN_DIR. export, eval and prep run on worker 0 with their arguments as given (--config then only
-says where the TPU is). --max-restarts N waits for the job and recovers from spot preemptions."""
+a gs:// RUN_DIR. export, eval and prep take their arguments as given (--config then only says where
+the TPU is); export and eval generate run on all workers (one JAX pod over the slice), eval score|compare
+and prep on worker 0. --max-restarts N waits for the job and recovers from spot preemptions."""
 
 
 def add_target_options(p: argparse.ArgumentParser, full: bool) -> None:
@@ -146,7 +147,7 @@ def register(subparsers) -> None:
                    help="gs://bucket/prefix: train/run write here (passed as --run_dir; required on a multi-host TPU) "
                    "[tpu.run_dir, else the config's run_dir when it is gs://]")
     p.add_argument("--job", help="job name (log: ~/parsetune/jobs/JOB.log) [config name + UTC time]")
-    p.add_argument("--worker", metavar="all|N", help="where the job runs [all for train/run, 0 for export/eval/prep]")
+    p.add_argument("--worker", metavar="all|N", help="where the job runs [all for train/run/export/eval generate, 0 for eval score|compare and prep]")
     p.add_argument("--secret", action="append", metavar="ENV_NAME",
                    help="also send this local environment variable (besides WANDB_API_KEY, HF_TOKEN); repeatable")
     p.add_argument("--watch", action="store_true", help="stay: poll until the job ends; exit status 0 only if it succeeded")

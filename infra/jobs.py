@@ -12,8 +12,10 @@
 
 ``train`` and ``run`` take CONFIG (copied to every worker) and the run dir ``submit`` names (as the
 explicit ``--run_dir`` override, so the job writes exactly where ``submit`` says); they run on every
-worker of the slice, as one multi-host JAX job. ``export``, ``eval`` and ``prep`` are one-process jobs:
-their arguments go through unchanged and they run on worker 0 (``--worker`` picks another, or ``all``).
+worker of the slice, as one multi-host JAX job. ``export``, ``eval`` and ``prep`` take their arguments
+unchanged; ``export`` and ``eval generate`` also run on every worker (each joins the slice's JAX pod:
+the model is sharded over all hosts, process 0 writes), ``eval score|compare`` and ``prep`` on worker 0
+(``--worker`` picks another, or ``all``).
 """
 
 from __future__ import annotations
@@ -37,8 +39,14 @@ class JobSpec:
         return self.command in CONFIG_COMMANDS
 
     @property
+    def is_pod_job(self) -> bool:
+        """Jobs that run JAX over the whole slice: on a multi-host TPU every worker must take part
+        (``jax.distributed`` waits for all of them), so they run on all workers by default."""
+        return self.needs_config or self.command == "export" or self.args[:1] == ("generate",)
+
+    @property
     def default_worker(self) -> str:
-        return "all" if self.needs_config else "0"
+        return "all" if self.is_pod_job else "0"
 
     def argv(self, parsetune: str, config: str | None = None, run_dir: str | None = None) -> list[str]:
         """The job's command line on a worker (``parsetune`` is the installed entry point)."""

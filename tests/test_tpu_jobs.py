@@ -1,5 +1,5 @@
 """``parsetune tpu`` jobs against the gcloud stand-in: the pod environment of each worker, any parsetune
-job (export on worker 0), one gs:// run dir checked first, masked secrets, safe dry-run text, and
+job (export and eval generate on every worker, eval score on worker 0), one gs:// run dir checked first, masked secrets, safe dry-run text, and
 ``--watch`` / ``--max-restarts`` recovering a lost spot TPU."""
 
 from __future__ import annotations
@@ -26,6 +26,23 @@ def test_each_worker_gets_the_pod_environment(fake, capfd, monkeypatch):
         assert wait_for(lambda: (fake.home(w) / "parsetune/jobs/p.rc").exists())
         log = (fake.home(w) / "parsetune/jobs/p.log").read_text()
         assert f"pod: 127.0.0.1:{port} 2 {w} --xla_force_host_platform_device_count=3 cpu http://127.0.0.1:1" in log
+
+
+@pytest.mark.parametrize("job", [
+    ["export", "--checkpoint", "gs://b/r/checkpoints/step-3", "--out", "gs://b/r/hf-3"],
+    ["eval", "generate", "--model", "gs://b/r/hf", "--data", "gs://b/d/validation.jsonl", "--out", "gs://b/r/p.jsonl"],
+])  # fmt: skip
+def test_export_and_generate_join_the_pod_on_every_worker(fake, capfd, monkeypatch, job):
+    """Both run JAX over the whole slice: on a multi-host TPU each worker must start them (a process
+    alone would wait for its peers in jax.distributed)."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1")
+    create_and_setup(fake, capfd, accel="v4-16")  # 2 hosts
+    assert tpu("submit", *WHERE, "--accelerator-type", "v4-16", "--job", "g", "--", *job) == 0
+    port = json.loads((fake.root / "tpus.json").read_text())["viggo-lora"]["port"]
+    for w in (0, 1):
+        assert wait_for(lambda: (fake.home(w) / "parsetune/jobs/g.rc").exists())
+        log = (fake.home(w) / "parsetune/jobs/g.log").read_text()
+        assert f"pod: 127.0.0.1:{port} 2 {w} " in log and "fake parsetune argv: " + " ".join(job) in log
 
 
 def test_dry_run_with_max_restarts(fake, capfd, monkeypatch, tmp_path):
@@ -58,17 +75,17 @@ def test_multi_host_needs_gs_run_dir_before_any_gcloud_call(fake, capfd, tmp_pat
     assert [a[3] for a in fake.argvs()[1:]] == ["describe"]
 
 
-def test_export_job_runs_on_worker_0_only(fake, capfd):
+def test_score_job_runs_on_worker_0_only(fake, capfd):
     create_and_setup(fake, capfd)  # 4 workers
-    out = "gs://b/runs/x/hf-3"
-    assert tpu("submit", *WHERE, "--job", "ex", "--", "export", "--checkpoint", "gs://b/runs/x/checkpoints/step-3", "--out", out) == 0
+    out = "gs://b/runs/x/scores"
+    assert tpu("submit", *WHERE, "--job", "ex", "--", "eval", "score", "gs://b/runs/x/p.jsonl", "--out", out) == 0
     argvs = strip_commands(fake.argvs())
-    assert [a[3] for a in argvs[1:]] == ["describe", "ssh", "scp", "ssh", "ssh"]  # no config copy for export
+    assert [a[3] for a in argvs[1:]] == ["describe", "ssh", "scp", "ssh", "ssh"]  # no config copy for eval
     assert argvs[3][-1] == "--worker=0" and argvs[5][-2] == "--worker=0"  # env file and launch: worker 0 only
     assert argvs[4][-2] == "--worker=all"  # the others: marked as not running it
     assert wait_for(lambda: (fake.home(0) / "parsetune/jobs/ex.rc").exists())
     log = (fake.home(0) / "parsetune/jobs/ex.log").read_text()
-    assert f"fake parsetune argv: export --checkpoint gs://b/runs/x/checkpoints/step-3 --out {out}" in log
+    assert f"fake parsetune argv: eval score gs://b/runs/x/p.jsonl --out {out}" in log
     assert not (fake.home(1) / "parsetune/jobs/ex.env").exists()
     capfd.readouterr()
     assert tpu("status", *WHERE) == 0

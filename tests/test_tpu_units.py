@@ -162,8 +162,11 @@ def test_parse_job():
     assert run.default_worker == "all" and run.needs_config
     export = parse_job(["export", "--checkpoint", "gs://b/r/checkpoints/step-3", "--out", "gs://b/r/hf-3"])
     assert export.argv("pt", "ignored", "ignored") == ["pt", "export", "--checkpoint", "gs://b/r/checkpoints/step-3", "--out", "gs://b/r/hf-3"]
-    assert export.default_worker == "0" and not export.needs_config
-    assert parse_job(["eval", "score", "p.jsonl", "--out", "d"]).argv("pt") == ["pt", "eval", "score", "p.jsonl", "--out", "d"]
+    assert export.default_worker == "all" and not export.needs_config  # export joins the slice's pod
+    score = parse_job(["eval", "score", "p.jsonl", "--out", "d"])
+    assert score.argv("pt") == ["pt", "eval", "score", "p.jsonl", "--out", "d"] and score.default_worker == "0"
+    assert parse_job(["eval", "generate", "--model", "gs://b/hf"]).default_worker == "all"
+    assert parse_job(["prep", "viggo", "--out", "gs://b/d"]).default_worker == "0"
 
 
 @pytest.mark.parametrize("words, message", [
