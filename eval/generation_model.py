@@ -48,7 +48,7 @@ def local_model_dir(model_dir: str) -> str:
         if not os.path.isdir(model_dir):
             raise UserError(f"{model_dir}: model directory not found")
         return model_dir
-    objects = [o for o in storage.list_objects(model_dir.rstrip("/") + "/") if not o.name.endswith("/")]
+    objects = [o for o in storage.list_objects(model_dir.rstrip("/") + "/") if not o.path.endswith("/")]  # not "folder" placeholders
     if not objects:
         raise UserError(f"{model_dir}: no such checkpoint (no objects under it)")
     import hashlib
@@ -62,19 +62,23 @@ def local_model_dir(model_dir: str) -> str:
     if os.path.isfile(os.path.join(target, ".complete")):
         return target
     os.makedirs(cache_root, exist_ok=True)
+    import shutil
+
     staging = tempfile.mkdtemp(prefix=".download-", dir=cache_root)
-    for o in objects:
-        relative = o.path[len(prefix) :]
-        dest = os.path.join(staging, relative)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        with open(dest, "wb") as f:
-            f.write(storage.read_bytes(o.path))
-    open(os.path.join(staging, ".complete"), "w").close()
+    try:
+        for o in objects:
+            relative = o.path[len(prefix) :]
+            dest = os.path.join(staging, relative)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with open(dest, "wb") as f:
+                f.write(storage.read_bytes(o.path))
+        open(os.path.join(staging, ".complete"), "w").close()
+    except BaseException:  # a failed or interrupted copy leaves no half copy behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     try:
         os.rename(staging, target)
     except OSError:  # another process finished the same copy first
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
