@@ -90,6 +90,13 @@ def _cell(value: Any) -> str:
 
 def _link(target_dir: str, out_path: str) -> str:
     png = storage.join(target_dir, "confusion_matrix.png")
+    if storage.is_gcs(png) and storage.is_gcs(out_path):
+        (png_bucket, png_key), (out_bucket, out_key) = storage.split_gcs(png), storage.split_gcs(out_path)
+        if png_bucket != out_bucket:
+            return png
+        import posixpath
+
+        return posixpath.relpath(png_key, posixpath.dirname(out_key) or ".")  # works after copying the run dir down
     if storage.is_gcs(png) or storage.is_gcs(out_path):
         return png
     return os.path.relpath(os.path.abspath(png), os.path.dirname(os.path.abspath(out_path))).replace(os.sep, "/")

@@ -87,7 +87,8 @@ def generate_predictions(
 ) -> GenerateStats:
     """Generate a prediction for every row of ``data_path`` and write them to ``out_path``."""
     from eval.constrained import CONSTRAINTS, build_constraint
-    from eval.generation_model import DTYPES, local_model_dir
+    from eval.generation_model import DTYPES
+    from eval.model_cache import local_model_dir
 
     if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 1):
         raise UserError("--batch-size, --max-new-tokens and --limit must be positive")

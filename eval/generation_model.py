@@ -1,7 +1,7 @@
 """A checkpoint ready to generate: the Levanter model sharded over a (data, model) mesh of every device.
 
-``GenerationModel.load(model_dir, dtype, model_axis_size)`` reads an HF checkpoint (local; a gs://
-one is copied to a local cache first: the tokenizer needs local files anyway) into the Levanter
+``GenerationModel.load(model_dir, dtype, model_axis_size)`` reads a local HF checkpoint
+(``eval.model_cache`` makes a gs:// one local) into the Levanter
 model class of its family, with weights in ``dtype`` (``float32`` or ``bfloat16``; compute follows
 the weights, logits are float32). The devices of all processes form a mesh ``data × model``: the
 model axis shards attention heads, KV heads and the MLP (``heads``, ``kv_head``, ``mlp``), the data
@@ -15,14 +15,11 @@ model on ``eval.cached_model``'s cache, then a greedy pick among the tokens a pa
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from parsetune import storage
 from parsetune.errors import UserError
 
 DTYPES = ("auto", "float32", "bfloat16")
@@ -39,48 +36,6 @@ def resolve_dtype(dtype: str) -> str:
 
     return "bfloat16" if jax.default_backend() == "tpu" else "float32"
 MODEL_AXES = ("heads", "kv_head", "mlp")  # sharded over the mesh's "model" axis
-
-
-def local_model_dir(model_dir: str) -> str:
-    """``model_dir`` itself if local; a gs:// checkpoint is copied once into a local cache directory
-    (re-used while its objects are unchanged)."""
-    if not storage.is_gcs(model_dir):
-        if not os.path.isdir(model_dir):
-            raise UserError(f"{model_dir}: model directory not found")
-        return model_dir
-    objects = [o for o in storage.list_objects(model_dir.rstrip("/") + "/") if not o.path.endswith("/")]  # not "folder" placeholders
-    if not objects:
-        raise UserError(f"{model_dir}: no such checkpoint (no objects under it)")
-    import hashlib
-
-    prefix = model_dir.rstrip("/") + "/"
-    stamp = hashlib.sha256(repr(sorted((o.path, o.generation) for o in objects)).encode()).hexdigest()[:16]
-    cache_root = os.environ.get("PARSETUNE_MODEL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "parsetune", "models"
-    )
-    target = os.path.join(cache_root, stamp)
-    if os.path.isfile(os.path.join(target, ".complete")):
-        return target
-    os.makedirs(cache_root, exist_ok=True)
-    import shutil
-
-    staging = tempfile.mkdtemp(prefix=".download-", dir=cache_root)
-    try:
-        for o in objects:
-            relative = o.path[len(prefix) :]
-            dest = os.path.join(staging, relative)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with open(dest, "wb") as f:
-                f.write(storage.read_bytes(o.path))
-        open(os.path.join(staging, ".complete"), "w").close()
-    except BaseException:  # a failed or interrupted copy leaves no half copy behind
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    try:
-        os.rename(staging, target)
-    except OSError:  # another process finished the same copy first
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def mesh_shape(devices: int, model_axis_size: int) -> tuple[int, int]:

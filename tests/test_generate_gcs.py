@@ -95,7 +95,7 @@ def test_gcs_model_data_and_predictions_equal_a_local_run_and_the_copy_is_reused
 
 
 def test_a_changed_object_makes_a_new_copy(gcs_bucket, tiny_model_dir, caches):
-    from eval.generation_model import local_model_dir
+    from eval.model_cache import local_model_dir
 
     model = upload_dir(gcs_bucket, tiny_model_dir, "models/tiny")
     first = local_model_dir(model)
@@ -117,7 +117,7 @@ def test_a_changed_object_makes_a_new_copy(gcs_bucket, tiny_model_dir, caches):
 
 def test_gcs_model_path_without_objects_is_a_one_line_error(gcs_bucket, tiny_model_dir, tmp_path, caches):
     from eval.generate import generate_predictions
-    from eval.generation_model import local_model_dir
+    from eval.model_cache import local_model_dir
 
     upload_dir(gcs_bucket, tiny_model_dir, "models/tiny")  # a sibling whose name starts the same
     gcs_bucket.blob("data/validation.jsonl").upload_from_filename(str(_write_split(tmp_path / "validation.jsonl")))
@@ -136,7 +136,7 @@ def test_gcs_model_path_without_objects_is_a_one_line_error(gcs_bucket, tiny_mod
 
 
 def test_a_copy_that_fails_half_way_leaves_nothing_in_the_cache(gcs_bucket, tiny_model_dir, caches, monkeypatch):
-    from eval.generation_model import local_model_dir
+    from eval.model_cache import local_model_dir
 
     model = upload_dir(gcs_bucket, tiny_model_dir, "models/tiny")
     real = storage.read_bytes

@@ -54,7 +54,7 @@ def test_run_with_a_gcs_run_dir_end_to_end(gcs_bucket, gcs_emulator, tiny_model_
     metrics = json.loads(blobs["runs/tiny/eval/validation/metrics.json"].download_as_text())
     assert metrics["n"] == 4 and metrics["valid_rate"] == 1.0  # constrained decoding: every prediction parses
     report = blobs["runs/tiny/report.md"].download_as_text()
-    assert "overall" in report and "confusion_matrix.png" in report
+    assert "overall" in report and "](eval/validation/confusion_matrix.png)" in report  # relative: works after a copy down
     assert os.listdir(tmp_path / "model-cache") and not (tmp_path / "unused").exists()  # the exported model came through the cache
 
     # a rerun finds every step complete in the bucket and rewrites only the report
