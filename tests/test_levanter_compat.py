@@ -108,6 +108,24 @@ def test_relative_local_paths_are_made_absolute(tiny_model_dir, monkeypatch):
     assert converter.reference_checkpoint.model_name_or_path == str(tiny_model_dir)
 
 
+def test_upstream_qwen2_config_has_no_no_bias(tiny_family_dir):
+    """Levanter's QwenConfig.from_hf_config reads `no_bias`, which transformers' Qwen2Config lacks."""
+    from levanter.compat.hf_checkpoints import HFCheckpointConverter
+    from levanter.models.qwen import QwenConfig
+    from transformers import Qwen2Config
+
+    model_dir = str(tiny_family_dir("qwen2"))
+    converter = HFCheckpointConverter(QwenConfig, reference_checkpoint=model_dir, HfConfigClass=Qwen2Config, tokenizer=model_dir)
+    with pytest.raises(AttributeError, match="no_bias"):
+        converter.default_config
+
+
+def test_converter_reads_a_qwen2_checkpoint(tiny_family_dir):
+    config = converter_for_checkpoint(str(tiny_family_dir("qwen2"))).default_config
+    assert type(config).__name__ == "QwenConfig"
+    assert not config.use_bias and config.attention_config().use_bias  # biases on q/k/v only, as in HF's Qwen2
+
+
 def test_upstream_cannot_load_unrolled_layers(tiny_model_dir):
     import dataclasses
 

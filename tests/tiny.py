@@ -56,33 +56,59 @@ def build_tiny_tokenizer(out_dir: Path):
     return hf
 
 
-def build_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
-    """Save a random float32 Llama (2 layers, hidden 64) plus the tiny tokenizer as an HF checkpoint."""
+FAMILIES = ("llama", "llama3", "mistral", "qwen2", "gpt2")
+
+
+def _hf_config(family: str, initializer_range: float):
+    """The HF config of a tiny ``family`` model: hidden 64, 2 layers, 4 heads of 16, 2 KV heads."""
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    special = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0, torch_dtype="float32")
+    if family == "gpt2":
+        return GPT2Config(vocab_size=VOCAB_SIZE, n_embd=64, n_layer=2, n_head=4, n_positions=512,
+                          initializer_range=initializer_range, **special)
+    common = dict(
+        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, initializer_range=initializer_range,
+        **special,
+    )
+    if family == "llama":  # SmolLM2-like: tied embeddings, rope theta 100000
+        return LlamaConfig(head_dim=16, rope_theta=100000.0, tie_word_embeddings=True, **common)
+    if family == "llama3":  # Llama-3.1/3.2 rope scaling; original context 64 so that it changes frequencies
+        # at head_dim 16 (wavelengths 6, 32, 167, ...: one kept, one smoothed, the rest divided by 8)
+        scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 64}
+        return LlamaConfig(head_dim=16, rope_theta=500000.0, rope_scaling=scaling, tie_word_embeddings=False, **common)
+    if family == "mistral":  # Levanter's Mistral always has its own lm_head; no window at our lengths
+        return MistralConfig(head_dim=16, rope_theta=10000.0, sliding_window=None, tie_word_embeddings=False, **common)
+    if family == "qwen2":  # q/k/v biases (randomised by build_tiny_model), tied embeddings like Qwen2.5-0.5B
+        return Qwen2Config(rope_theta=1000000.0, tie_word_embeddings=True, use_sliding_window=False, **common)
+    raise ValueError(f"unknown family {family!r} (expected one of {', '.join(FAMILIES)})")
+
+
+def build_tiny_model(out_dir: Path, family: str, seed: int = 0, initializer_range: float = 0.02) -> Path:
+    """Save a random float32 ``family`` model (see ``FAMILIES``) plus the tiny tokenizer as an HF checkpoint.
+
+    Linear biases (Qwen2's q/k/v) are drawn like the weights rather than left at HF's zeros, so the
+    conversion of every parameter is exercised."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     out_dir = Path(out_dir)
     tokenizer = build_tiny_tokenizer(out_dir)
-    config = LlamaConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=512,
-        rope_theta=100000.0,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        torch_dtype="float32",
-    )
+    config = _hf_config(family, initializer_range)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.normal_(0.0, initializer_range)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model.save_pretrained(out_dir, safe_serialization=True)
     assert len(tokenizer) <= VOCAB_SIZE
     return out_dir
+
+
+def build_tiny_llama(out_dir: Path, seed: int = 0) -> Path:
+    """Save a random float32 Llama (2 layers, hidden 64) plus the tiny tokenizer as an HF checkpoint."""
+    return build_tiny_model(out_dir, "llama", seed)
