@@ -47,7 +47,10 @@ class GrammarLogitsProcessor:
                         self.constraint.consume(row, token)
         vocab = scores.shape[1]
         bitmask = np.zeros((rows, (vocab + 31) // 32), np.int32)
-        self.constraint.fill_masks(bitmask, [not d for d in self.done], self.max_new_tokens - step)
+        bitmask.fill(-1)
+        for row in range(rows):
+            if not self.done[row]:
+                self.constraint.fill_masks(row, [], bitmask[row : row + 1], self.max_new_tokens - step)
         allowed = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, :vocab].astype(bool)
         allowed[self.done] = True  # finished rows are padded by generate anyway
         return scores.masked_fill(~torch.from_numpy(allowed), float("-inf"))

@@ -15,8 +15,11 @@ scan body, so no tracer escapes its trace.
 
 Batches are *left*-padded: slot ``j`` of row ``b`` holds a real token iff ``j >= pad[b]``, and its
 position is ``j - pad[b]`` (as HF derives it from the attention mask). The cache has ``S`` slots;
-prefill fills ``[0, T)``, decode step ``i`` writes slot ``T + i`` for every row, so shapes stay static.
-A query sees the real slots up to its own (a pad query sees only itself: no empty softmax).
+prefill fills ``[0, T)`` of every row; a decode call writes each row at its own ``start[b]`` (rows
+advance by different amounts when draft tokens are verified, see ``eval.decoding``), so shapes stay
+static. A query sees the real slots up to its own (a pad query sees only itself: no empty softmax);
+slots beyond a row's own are never visible, so stale entries of rejected drafts do no harm before
+they are overwritten.
 """
 
 from __future__ import annotations
@@ -79,10 +82,10 @@ class CachedAttention(eqx.Module):
     """A layer's ``Attention`` reading and writing the cache of layer ``index``."""
 
     inner: Any  # levanter.layers.attention.Attention
-    keys: jax.Array  # [layer, batch, slots, kv_head, head_size]
-    values: jax.Array
+    keys: jax.Array  # KEY_AXES
+    values: jax.Array  # VALUE_AXES
     index: jax.Array
-    start: jax.Array
+    start: jax.Array  # [batch]: each row's first slot of this call
     visible: NamedArray  # [batch, position, key_position] bool
     box: list = eqx.field(static=True)
 
@@ -91,10 +94,12 @@ class CachedAttention(eqx.Module):
 
         config = self.inner.config
         q, k, v = self.inner._compute_qkv(x, key=None, pos_ids=pos_ids)
-        new_k = k.rearrange((BATCH, "kv_head", POS, "head_size")).array[None].astype(self.keys.dtype)
-        new_v = v.rearrange((BATCH, "kv_head", "head_size", POS)).array[None].astype(self.values.dtype)
-        keys = jax.lax.dynamic_update_slice(self.keys, new_k, (self.index, 0, 0, self.start, 0))
-        values = jax.lax.dynamic_update_slice(self.values, new_v, (self.index, 0, 0, 0, self.start))
+        new_k = k.rearrange((BATCH, POS, "kv_head", "head_size")).array.astype(self.keys.dtype)
+        new_v = v.rearrange((BATCH, POS, "kv_head", "head_size")).array.astype(self.values.dtype)
+        rows = jnp.arange(new_k.shape[0])[:, None]  # [B, 1]
+        slots = self.start[:, None] + jnp.arange(new_k.shape[1])[None, :]  # [B, T]: row b writes its own slots
+        keys = self.keys.at[self.index, rows, :, slots, :].set(new_k, unique_indices=True)
+        values = self.values.at[self.index, rows, :, :, slots].set(new_v, unique_indices=True)
         self.box.append((keys, values))
         sizes = {BATCH: x.resolve_axis(BATCH), KEY_POS: self.visible.resolve_axis(KEY_POS)}
         sizes.update({"kv_head": config.KVHeads, "head_size": config.HeadSize})
@@ -143,23 +148,26 @@ class CachedLayers(eqx.Module):
 
 
 def forward_cached(
-    model, tokens: NamedArray, pad: NamedArray, start: jax.Array, cache: KvCache
+    model, tokens: NamedArray, pad: NamedArray, start: NamedArray, cache: KvCache, last_only: bool = True
 ) -> tuple[NamedArray, KvCache]:
-    """Run ``tokens`` ``[batch, position]`` at cache slots ``[start, start + T)``; return the logits of
-    the last position ``[batch, vocab]`` and the updated cache."""
+    """Run ``tokens`` ``[batch, position]``, row ``b`` at cache slots ``[start[b], start[b] + T)``;
+    return the logits of the last position ``[batch, vocab]`` (or of every position
+    ``[batch, position, vocab]``) and the updated cache."""
     Batch, Pos = tokens.resolve_axis(BATCH), tokens.resolve_axis(POS)
     KeyPos = cache.keys.resolve_axis(KEY_POS)
-    pad_B = pad.array
-    slot_T = start + jnp.arange(Pos.size)
-    pos_ids = hax.named(jnp.maximum(slot_T[None, :] - pad_B[:, None], 0), (Batch, Pos))
+    pad_B, start_B = pad.array, start.array
+    slot_BxT = start_B[:, None] + jnp.arange(Pos.size)[None, :]
+    pos_ids = hax.named(jnp.maximum(slot_BxT - pad_B[:, None], 0), (Batch, Pos))
     key_S = jnp.arange(KeyPos.size)[None, None, :]
-    query_1xTx1 = slot_T[None, :, None]
-    real = (key_S >= pad_B[:, None, None]) & (key_S <= query_1xTx1)
-    visible = hax.named(real | (key_S == query_1xTx1), (Batch, Pos, KeyPos))
+    query_BxTx1 = slot_BxT[:, :, None]
+    real = (key_S >= pad_B[:, None, None]) & (key_S <= query_BxTx1)
+    visible = hax.named(real | (key_S == query_BxTx1), (Batch, Pos, KeyPos))
     out: list = []
     cached = eqx.tree_at(
-        lambda m: m.transformer.layers, model, CachedLayers(model.transformer.layers, cache, start, visible, out)
+        lambda m: m.transformer.layers, model, CachedLayers(model.transformer.layers, cache, start_B, visible, out)
     )
-    x = cached.activations(tokens, None, key=None, pos_ids=pos_ids)[POS, -1]
+    x = cached.activations(tokens, None, key=None, pos_ids=pos_ids)
+    if last_only:
+        x = x[POS, -1]
     logits = hax.dot(x, model.get_lm_head(), axis=model.Embed)
     return logits.astype(jnp.float32), out[0]

@@ -166,23 +166,33 @@ class GrammarConstraint:
         for matcher in self.matchers[:rows]:
             matcher.reset()
 
-    def fill_masks(self, bitmask_BxW: np.ndarray, active: Sequence[bool], remaining: int) -> None:
+    def fill_masks(self, row: int, drafts: Sequence[int], masks_TxW: np.ndarray, remaining: int) -> int:
+        """``masks_TxW[0]``: the row's next token; ``masks_TxW[i]``: the token after draft tokens
+        1..i, for as many drafts as the grammar accepts (that count is returned). The matcher is left
+        where it was (drafts are consumed, then rolled back)."""
+        matcher = self.matchers[row]
+        if matcher.is_error():  # cannot happen when every consumed token was allowed; end the row
+            masks_TxW[0] = 0
+            for eos in self.eos_ids:
+                _set_bit(masks_TxW[0], eos)
+            return 0
+        allowed = min(matcher.validate_tokens(list(drafts)), masks_TxW.shape[0] - 1) if drafts else 0
+        for i in range(allowed + 1):
+            if i:
+                matcher.consume_token(drafts[i - 1])
+            self._fill_one(matcher, masks_TxW, i, remaining - i)
+        if allowed:
+            matcher.rollback(allowed)
+        return allowed
+
+    def _fill_one(self, matcher, masks_TxW: np.ndarray, index: int, remaining: int) -> None:
         from llguidance.numpy import fill_next_token_bitmask
 
-        for row, is_active in enumerate(active):
-            if not is_active:
-                continue
-            matcher = self.matchers[row]
-            if matcher.is_error():  # cannot happen when every consumed token was allowed; end the row
-                bitmask_BxW[row] = 0
-                for eos in self.eos_ids:
-                    _set_bit(bitmask_BxW[row], eos)
-                continue
-            fill_next_token_bitmask(matcher, bitmask_BxW, row)
-            if remaining <= self.finish_window:
-                closing_W = bitmask_BxW[row] & self.closing_mask_W
-                if closing_W.any():
-                    bitmask_BxW[row] = closing_W
+        fill_next_token_bitmask(matcher, masks_TxW, index)
+        if remaining <= self.finish_window:
+            closing_W = masks_TxW[index] & self.closing_mask_W
+            if closing_W.any():
+                masks_TxW[index] = closing_W
 
     def consume(self, row: int, token: int) -> None:
         self.matchers[row].consume_token(token)

@@ -1,15 +1,26 @@
-"""Batched greedy decoding with a KV cache: one compiled prefill, then one compiled step per token.
+"""Batched greedy decoding with a KV cache: one compiled prefill, then compiled decode steps.
 
 ``GreedyDecoder.generate(prompts)`` takes a batch of token-id lists, left-pads them into a prompt
 length bucketed to a multiple of ``bucket`` (few recompiles), and decodes greedily until every row
 has produced an EOS id or ``max_new_tokens`` tokens. The model is a ``GenerationModel`` (the
 trainer's Levanter model on a device mesh, ``eval.generation_model``). The cache has a fixed number
-of slots chosen by the caller (the longest bucketed prompt of the whole job + ``max_new_tokens``),
-so the decode step compiles once per batch size.
+of slots chosen by the caller (the longest bucketed prompt of the whole job + ``max_new_tokens`` +
+``draft_tokens``), so each decode step shape compiles once per batch size.
 
-An optional ``TokenConstraint`` (see ``eval.constrained``) restricts each row's next token: it
-fills a packed bit mask (llguidance layout, 32 tokens per int32) before every pick and is told the
-token picked after it. Unconstrained decoding uses an all-ones mask, so both share one code path.
+**Prompt lookup** (``draft_tokens`` = K > 0): a decode step is memory-bound (every weight is read
+for 8 tokens), so it costs little more to check K extra tokens in the same pass. Before each step,
+each row proposes up to K draft tokens: what followed the most recent earlier occurrence of its last
+3 (else 2, else 1) tokens in its own prompt + output (with K tokens after it, if one has) (outputs copy names and phrases from the
+input). The step feeds ``[last token, d1 .. dK]``; the greedy pick after each fed token is what
+plain greedy decoding would produce there, so the row keeps the drafts up to the first one that
+differs from its pick, plus that pick: 1 to K + 1 tokens per step, the same tokens as one at a time
+(up to float rounding: the same math in a different batch shape). Rows advance by different amounts
+and write their own cache slots. K = 0 is plain one-token greedy decoding.
+
+An optional ``TokenConstraint`` (see ``eval.constrained``) restricts each row's tokens: it fills a
+packed bit mask (llguidance layout, 32 tokens per int32) for the next token and for the position
+after each draft token it allows, and is told the tokens kept. Unconstrained decoding uses all-ones
+masks, so both share one code path.
 """
 
 from __future__ import annotations
@@ -27,7 +38,11 @@ class TokenConstraint(Protocol):
 
     def start(self, rows: int) -> None: ...
 
-    def fill_masks(self, bitmask_BxW: np.ndarray, active: Sequence[bool], remaining: int) -> None: ...
+    def fill_masks(self, row: int, drafts: Sequence[int], masks_TxW: np.ndarray, remaining: int) -> int:
+        """Masks for the row's next token (``masks_TxW[0]``) and after each of the first n drafts
+        (``masks_TxW[1..n]``), where n is how many of ``drafts`` the constraint allows; returns n.
+        ``remaining``: how many tokens the row may still produce."""
+        ...
 
     def consume(self, row: int, token: int) -> None: ...
 
@@ -48,6 +63,45 @@ def mask_width(vocab_size: int) -> int:
     return (vocab_size + 31) // 32
 
 
+def lookup_draft(history: Sequence[int], k: int, max_ngram: int = 3) -> list[int]:
+    """Up to ``k`` tokens that followed an earlier occurrence of the last ``n`` tokens of ``history``
+    (n = max_ngram down to 1): the most recent occurrence with ``k`` tokens after it, else the one
+    with the most (a repeat right before the end has few); empty when nothing matches."""
+    if k <= 0:
+        return []
+    size = len(history)
+    for n in range(min(max_ngram, size - 1), 0, -1):
+        tail = list(history[size - n :])
+        best: list[int] = []
+        for begin in range(size - n - 1, -1, -1):
+            if list(history[begin : begin + n]) == tail:
+                follow = list(history[begin + n : begin + n + k])
+                if len(follow) > len(best):
+                    best = follow
+                if len(best) == k:
+                    break
+        if best:
+            return best
+    return []
+
+
+@dataclass
+class DecodeStats:
+    """Counters over every ``generate`` call: decode steps, and per active row and step the tokens
+    it gained (EOS included) and its drafts proposed and kept."""
+
+    steps: int = 0
+    row_steps: int = 0
+    tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens a row gains per decode step: 1 without drafts, up to 1 + draft_tokens."""
+        return self.tokens / self.row_steps if self.row_steps else 1.0
+
+
 class GreedyDecoder:
     def __init__(
         self,
@@ -57,56 +111,96 @@ class GreedyDecoder:
         max_new_tokens: int,
         slots: int,
         bucket: int = 16,
+        draft_tokens: int = 0,
     ) -> None:
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if draft_tokens < 0:
+            raise ValueError("draft_tokens must be >= 0")
         self.model = model
         self.eos_ids = frozenset(int(i) for i in eos_ids)
         self.pad_id, self.max_new_tokens, self.slots, self.bucket = pad_id, max_new_tokens, slots, bucket
+        self.draft_tokens = draft_tokens
+        self.stats = DecodeStats()
 
     def generate(self, prompts: Sequence[Sequence[int]], constraint: TokenConstraint | None = None) -> list[Generation]:
         """Greedy continuations of ``prompts`` (one batch; every prompt non-empty)."""
-        b = len(prompts)
+        b, k = len(prompts), self.draft_tokens
         t = bucket_length(max(len(p) for p in prompts), self.bucket)
-        if t + self.max_new_tokens > self.slots:
-            raise ValueError(f"prompt of {t} tokens + {self.max_new_tokens} new exceeds the {self.slots} cache slots")
+        if t + self.max_new_tokens + k > self.slots:
+            raise ValueError(f"prompt of {t} tokens + {self.max_new_tokens} new + {k} draft exceeds the {self.slots} cache slots")
         tokens_BxT = np.full((b, t), self.pad_id, np.int32)
         pad_B = np.zeros(b, np.int32)
         for row, ids in enumerate(prompts):
             tokens_BxT[row, t - len(ids) :] = ids
             pad_B[row] = t - len(ids)
-        bitmask_BxW = np.full((b, mask_width(self.model.vocab_size)), -1, np.int32)
-        full_mask = bitmask_BxW.copy()
+        width = mask_width(self.model.vocab_size)
+        history = [[int(i) for i in p] for p in prompts]
         out: list[list[int]] = [[] for _ in range(b)]
         done = [False] * b
         at_eos = [False] * b
-        fallback = min(self.eos_ids) if self.eos_ids else self.pad_id
         if constraint is not None:
             constraint.start(b)
-        next_B, cache = None, self.model.init_cache(b, self.slots)
-        for i in range(self.max_new_tokens):
-            if constraint is not None:
-                bitmask_BxW.fill(-1)
-                constraint.fill_masks(bitmask_BxW, [not d for d in done], self.max_new_tokens - i)
-                mask = bitmask_BxW
-            else:
-                mask = full_mask
-            if next_B is None:
-                picked, cache = self.model.prefill(tokens_BxT, pad_B, cache, mask)
-            else:
-                picked, cache = self.model.step(next_B, pad_B, t + i - 1, cache, mask)
-            next_B = self.model.fetch(picked).astype(np.int32)
-            for row in range(b):
-                if done[row]:
-                    next_B[row] = fallback
-                    continue
-                token = int(next_B[row])
+        cache = self.model.init_cache(b, self.slots)
+
+        def keep(row: int, tokens: Sequence[int]) -> None:
+            """Append a row's new tokens up to EOS or the length limit."""
+            for token in tokens:
                 if token in self.eos_ids:
                     done[row] = at_eos[row] = True
-                    continue
+                    return
                 out[row].append(token)
+                history[row].append(token)
                 if constraint is not None:
                     constraint.consume(row, token)
-            if all(done):
-                break
+                if len(out[row]) >= self.max_new_tokens:
+                    done[row] = True
+                    return
+
+        masks_BxTxW = np.full((b, 1, width), -1, np.int32)
+        if constraint is not None:
+            for row in range(b):
+                constraint.fill_masks(row, [], masks_BxTxW[row], self.max_new_tokens)
+        picked, cache = self.model.prefill(tokens_BxT, pad_B, cache, masks_BxTxW[:, 0])
+        first = self.model.fetch(picked)
+        for row in range(b):
+            keep(row, [int(first[row])])
+        start_B = np.full(b, t, np.int32)  # next cache slot of each row: its last kept token goes there
+        while not all(done):
+            drafts = [[] if done[r] else self._draft(history[r], self.max_new_tokens - len(out[r]) - 1) for r in range(b)]
+            width_t = k + 1 if any(drafts) else 1
+            masks_BxTxW = np.full((b, width_t, width), -1, np.int32)
+            if constraint is not None:
+                for row in range(b):
+                    if not done[row]:
+                        allowed = constraint.fill_masks(row, drafts[row], masks_BxTxW[row], self.max_new_tokens - len(out[row]))
+                        drafts[row] = drafts[row][:allowed]
+            fed_BxT = np.full((b, width_t), self.pad_id, np.int32)
+            for row in range(b):
+                fed_BxT[row, 0] = history[row][-1]
+                fed_BxT[row, 1 : 1 + len(drafts[row])] = drafts[row]
+            picked, cache = self.model.step(fed_BxT, pad_B, start_B, cache, masks_BxTxW)
+            picks_BxT = self.model.fetch(picked)
+            self.stats.steps += 1
+            for row in range(b):
+                if done[row]:
+                    continue
+                draft, picks = drafts[row], [int(p) for p in picks_BxT[row]]
+                n = 0
+                while n < len(draft) and draft[n] == picks[n]:
+                    n += 1
+                before = len(out[row])
+                keep(row, draft[:n] + [picks[n]])
+                start_B[row] += n + 1
+                self.stats.row_steps += 1
+                self.stats.tokens += len(out[row]) - before + at_eos[row]
+                self.stats.drafted += len(draft)
+                self.stats.accepted += n
         return [Generation(tokens, eos) for tokens, eos in zip(out, at_eos)]
+
+    def _draft(self, history: Sequence[int], budget: int) -> list[int]:
+        draft = lookup_draft(history, min(self.draft_tokens, budget))
+        for i, token in enumerate(draft):
+            if token in self.eos_ids:
+                return draft[:i]
+        return draft

@@ -22,12 +22,16 @@ from parsetune.errors import UserError
 from parsetune.records import PreparedRecord, read_prepared
 
 
+DEFAULT_DRAFT_TOKENS = 4  # prompt lookup: draft tokens checked per decode step (eval.decoding)
+
+
 @dataclass(frozen=True)
 class GenerateStats:
     n: int
     seconds: float
     examples_per_second: float
     stopped_at_eos: int  # rows that ended with EOS; the rest hit max_new_tokens
+    tokens_per_step: float = 1.0  # tokens each row gained per decode step (> 1: drafts accepted)
 
 
 def read_prompts(path: str, limit: int | None = None) -> list[PreparedRecord]:
@@ -84,6 +88,7 @@ def generate_predictions(
     progress: bool = True,
     dtype: str = "auto",
     model_axis_size: int = 1,
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS,
 ) -> GenerateStats:
     """Generate a prediction for every row of ``data_path`` and write them to ``out_path``."""
     from eval.constrained import CONSTRAINTS, build_constraint
@@ -92,6 +97,8 @@ def generate_predictions(
 
     if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 1):
         raise UserError("--batch-size, --max-new-tokens and --limit must be positive")
+    if draft_tokens < 0:
+        raise UserError(f"--draft-tokens {draft_tokens}: expected 0 (off) or more")
     if constrain is not None and constrain not in CONSTRAINTS:
         raise UserError(f"unknown --constrain {constrain!r}; expected one of {', '.join(CONSTRAINTS)}")
     if dtype not in DTYPES:
@@ -127,8 +134,8 @@ def generate_predictions(
         if not ids:
             raise UserError(f"{data_path}: row {record.id!r}: the prompt encodes to no tokens")
     bucket = prompt_bucket(max(len(p) for p in prompts))
-    slots = bucket_length(max(len(p) for p in prompts), bucket) + max_new_tokens
-    decoder = GreedyDecoder(model, eos_ids, pad_id, max_new_tokens, slots, bucket)
+    slots = bucket_length(max(len(p) for p in prompts), bucket) + max_new_tokens + draft_tokens
+    decoder = GreedyDecoder(model, eos_ids, pad_id, max_new_tokens, slots, bucket, draft_tokens)
 
     order = sorted(range(len(records)), key=lambda i: len(prompts[i]))
     predictions: list[str | None] = [None] * len(records)
@@ -154,4 +161,6 @@ def generate_predictions(
     ]
     if chief:
         storage.write_bytes_atomic(out_path, ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
-    return GenerateStats(len(records), seconds, len(records) / seconds if seconds else 0.0, eos_count)
+    return GenerateStats(
+        len(records), seconds, len(records) / seconds if seconds else 0.0, eos_count, round(decoder.stats.tokens_per_step, 2)
+    )

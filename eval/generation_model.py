@@ -135,45 +135,47 @@ class GenerationModel:
                 self.to_global(bitmask_BxW, ("batch", "mask_word")),
             )
 
-    def step(self, token_B: np.ndarray, pad_B: np.ndarray, slot: int, cache, bitmask_BxW: np.ndarray):
-        """Feed one token per row at cache slot ``slot``; the next picks and the cache."""
-        import jax.numpy as jnp
-
+    def step(self, tokens_BxT: np.ndarray, pad_B: np.ndarray, start_B: np.ndarray, cache, bitmask_BxTxW: np.ndarray):
+        """Feed ``T`` tokens per row, row ``b`` at cache slots ``start_B[b] ..``; the pick after each
+        of them (global ``[batch, position]``: the next token, then the checks of draft tokens) and the cache."""
         with self._context():
             return _step(
                 self.model,
-                self.to_global(token_B[:, None], ("batch", "position")),
+                self.to_global(tokens_BxT, ("batch", "position")),
                 self.to_global(pad_B, ("batch",)),
-                jnp.int32(slot),
+                self.to_global(start_B, ("batch",)),
                 cache,
-                self.to_global(bitmask_BxW, ("batch", "mask_word")),
+                self.to_global(bitmask_BxTxW, ("batch", "position", "mask_word")),
             )
 
 
 def _pick(logits, bitmask):
-    """Greedy choice among the tokens whose bit is set in the packed mask."""
+    """Greedy choice among the tokens whose bit is set in the packed mask (``[..., mask_word]``)."""
     import haliax as hax
     import jax.numpy as jnp
 
     vocab = jnp.arange(logits.resolve_axis("vocab").size)
-    allowed = (bitmask.array[:, vocab // 32] >> (vocab % 32)) & 1
-    scores = jnp.where(allowed == 1, logits.rearrange(("batch", "vocab")).array, -jnp.inf)
-    return hax.named(jnp.argmax(scores, axis=-1).astype(jnp.int32), (logits.resolve_axis("batch"),))
+    axes = tuple(a for a in bitmask.axes if a.name != "mask_word")
+    words = bitmask.rearrange((*axes, "mask_word")).array
+    allowed = (words[..., vocab // 32] >> (vocab % 32)) & 1
+    scores = jnp.where(allowed == 1, logits.rearrange((*axes, "vocab")).array, -jnp.inf)
+    return hax.named(jnp.argmax(scores, axis=-1).astype(jnp.int32), axes)
 
 
 def _prefill_fn(model, tokens, pad, cache, bitmask):
-    import jax.numpy as jnp
+    import haliax as hax
 
     from eval.cached_model import forward_cached
 
-    logits, cache = forward_cached(model, tokens, pad, jnp.int32(0), cache)
+    start = hax.zeros_like(pad)
+    logits, cache = forward_cached(model, tokens, pad, start, cache, last_only=True)
     return _pick(logits, bitmask), cache
 
 
-def _step_fn(model, token, pad, slot, cache, bitmask):
+def _step_fn(model, tokens, pad, start, cache, bitmask):
     from eval.cached_model import forward_cached
 
-    logits, cache = forward_cached(model, token, pad, slot, cache)
+    logits, cache = forward_cached(model, tokens, pad, start, cache, last_only=False)
     return _pick(logits, bitmask), cache
 
 

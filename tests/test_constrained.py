@@ -94,6 +94,24 @@ def test_random_model_constrained_outputs_all_parse(tiny, max_new_tokens):
         assert parse_mr(text).valid, text
 
 
+def test_constrained_prompt_lookup_equals_one_token_steps(tiny):
+    """Drafts under the grammar: masks after each allowed draft token, the matcher rolled back; the
+    outputs are those of one-token steps."""
+    from eval.constrained import build_constraint
+    from eval.decoding import GreedyDecoder
+
+    tokenizer, model = tiny
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    outputs = []
+    for draft_tokens in (0, 4):
+        constraint = build_constraint("viggo", tokenizer, model.vocab_size, [2])
+        decoder = GreedyDecoder(model, [2], 0, 60, slots=64 + 60 + draft_tokens, draft_tokens=draft_tokens)
+        outputs.append([(r.tokens, r.stopped_at_eos) for r in decoder.generate(prompts, constraint)])
+        if draft_tokens:
+            assert decoder.stats.drafted > 0, decoder.stats
+    assert outputs[0] == outputs[1]
+
+
 def test_json_schema_constraint_yields_valid_json(tiny, tmp_path):
     import jsonschema
 

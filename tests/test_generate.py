@@ -36,13 +36,11 @@ def jax_model(tiny_model_dir):
 def last_logits(model, ids, pad):
     """Logits of each row's last prompt position from one cached prefill."""
     import haliax as hax
-    import jax.numpy as jnp
-
     from eval.cached_model import forward_cached
 
     cache = model.init_cache(len(ids), ids.shape[1] + 3)
     with model._context():
-        run = hax.named_jit(lambda m, t, p, c: forward_cached(m, t, p, jnp.int32(0), c)[0].rearrange(("batch", "vocab")))
+        run = hax.named_jit(lambda m, t, p, c: forward_cached(m, t, p, hax.zeros_like(p), c)[0].rearrange(("batch", "vocab")))
         out = run(model.model, model.to_global(ids, ("batch", "position")), model.to_global(pad, ("batch",)), cache)
     return model.fetch(out)
 
@@ -80,6 +78,29 @@ def test_greedy_equals_hf_generate_token_for_token(hf, jax_model):
     decoder = GreedyDecoder(jax_model, eos_ids=[2], pad_id=0, max_new_tokens=24, slots=128)
     got = decoder.generate([tok(p)["input_ids"] for p in PROMPTS])
     assert [g.tokens + [2] * g.stopped_at_eos for g in got] == expected
+
+
+def test_prompt_lookup_keeps_drafts_and_equals_hf(hf, jax_model):
+    """The random tiny model repeats itself, so drafts copied from its own output are kept: several
+    tokens per step, and still exactly HF's greedy tokens."""
+    from eval.decoding import GreedyDecoder
+
+    tok, _ = hf
+    expected = _hf_greedy(hf, PROMPTS, 24)
+    decoder = GreedyDecoder(jax_model, eos_ids=[2], pad_id=0, max_new_tokens=24, slots=160, draft_tokens=4)
+    got = decoder.generate([tok(p)["input_ids"] for p in PROMPTS])
+    assert [g.tokens + [2] * g.stopped_at_eos for g in got] == expected
+    assert decoder.stats.tokens_per_step > 2.5, decoder.stats
+
+
+def test_lookup_draft():
+    from eval.decoding import lookup_draft
+
+    assert lookup_draft([5, 6, 7, 8, 5, 6], 3) == [7, 8, 5]  # the last 2 tokens seen before: what followed
+    assert lookup_draft([1, 2, 3, 9, 2, 3, 4, 2, 3], 2) == [4, 2]  # the most recent earlier occurrence
+    assert lookup_draft([7, 7, 7, 7, 7, 7], 3) == [7, 7, 7]  # a repeat: not the occurrence right before the end
+    assert lookup_draft([1, 2, 3], 4) == []  # nothing repeats
+    assert lookup_draft([4, 1, 2, 9, 4], 2) == [1, 2] and lookup_draft([4, 1, 4], 0) == []
 
 
 def _eos_loving_model(src, dst, after_token):
