@@ -143,19 +143,21 @@ def jax_worker(args) -> None:
 
     timings = []
     for attempt in range(2):
-        path = os.path.join(args.out, f"jax_{args.constrain or 'none'}_{attempt}.jsonl")
+        path = os.path.join(args.out, f"jax_{args.constrain or 'none'}_k{args.worker_draft_tokens}_{attempt}.jsonl")
         stats = generate_predictions(args.model, args.data, path, args.batch_size, args.max_new_tokens, args.limit,
-                                     args.constrain, progress=False)
+                                     args.constrain, progress=False, draft_tokens=args.worker_draft_tokens)
         timings.append(stats.seconds)
-    print("RESULT " + json.dumps({"first_call_seconds": timings[0], "after_compile_seconds": timings[1], "path": path}))
+    print("RESULT " + json.dumps({"first_call_seconds": timings[0], "after_compile_seconds": timings[1], "path": path,
+                                  "tokens_per_step": stats.tokens_per_step}))
 
 
-def run_jax_process(args, constrain, cache_dir) -> dict:
+def run_jax_process(args, constrain, cache_dir, draft_tokens) -> dict:
     import subprocess
     import sys
 
     cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--data", args.data, "--out", args.out,
-           "--limit", str(args.limit), "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens)]
+           "--limit", str(args.limit), "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens),
+           "--worker-draft-tokens", str(draft_tokens)]
     if constrain:
         cmd += ["--constrain", constrain]
     env = {**os.environ, "PARSETUNE_COMPILATION_CACHE": cache_dir}
@@ -177,6 +179,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--constrain", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-draft-tokens", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--draft-tokens", default="0,2", help="comma-separated prompt-lookup settings to run [0,2]")
     ap.add_argument("--interleave", action="store_true", help="only the per-batch JAX/HF alternation")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -191,26 +195,28 @@ def main() -> None:
     report = {}
     for constrain in (None, "viggo"):
         label = constrain or "unconstrained"
-        cache_dir = tempfile.mkdtemp(prefix="xla-cache-")
-        cold = run_jax_process(args, constrain, cache_dir)  # compiles and fills the persistent cache
-        entries = cache_entries(cache_dir)
-        warm = run_jax_process(args, constrain, cache_dir)  # a second run: compilation from the cache
-        hits = cache_entries(cache_dir) == entries  # nothing new written: every program came from the cache
         hf_preds, hf_seconds = hf_generate(args.model, args.data, args.limit, args.batch_size, args.max_new_tokens, constrain)
-        jax_preds = [json.loads(line)["prediction"] for line in open(warm["path"])]
-        report[label] = {
-            "hf_seconds": round(hf_seconds, 1),
-            "jax_first_run_seconds": round(cold["first_call_seconds"], 1),
-            "jax_second_run_seconds": round(warm["first_call_seconds"], 1),
-            "jax_after_compile_seconds": round(warm["after_compile_seconds"], 1),
-            "cache_entries": entries,
-            "second_run_only_cache_hits": hits,
-            "ratio_first_run": round(hf_seconds / cold["first_call_seconds"], 2),
-            "ratio_second_run_incl_compile": round(hf_seconds / warm["first_call_seconds"], 2),
-            "ratio_after_compile": round(hf_seconds / warm["after_compile_seconds"], 2),
-            "identical_predictions": f"{sum(a == b for a, b in zip(hf_preds, jax_preds))}/{len(hf_preds)}",
-        }
-        print(label, json.dumps(report[label]), flush=True)
+        report[label] = {"hf_seconds": round(hf_seconds, 1)}
+        for k in [int(v) for v in args.draft_tokens.split(",")]:
+            cache_dir = tempfile.mkdtemp(prefix="xla-cache-")
+            cold = run_jax_process(args, constrain, cache_dir, k)  # compiles and fills the persistent cache
+            entries = cache_entries(cache_dir)
+            warm = run_jax_process(args, constrain, cache_dir, k)  # a second run: compilation from the cache
+            hits = cache_entries(cache_dir) == entries  # nothing new written: every program came from the cache
+            jax_preds = [json.loads(line)["prediction"] for line in open(warm["path"])]
+            report[label][f"draft_tokens={k}"] = {
+                "jax_first_run_seconds": round(cold["first_call_seconds"], 1),
+                "jax_second_run_seconds": round(warm["first_call_seconds"], 1),
+                "jax_after_compile_seconds": round(warm["after_compile_seconds"], 1),
+                "tokens_per_step": warm["tokens_per_step"],
+                "cache_entries": entries,
+                "second_run_only_cache_hits": hits,
+                "ratio_first_run": round(hf_seconds / cold["first_call_seconds"], 2),
+                "ratio_second_run_incl_compile": round(hf_seconds / warm["first_call_seconds"], 2),
+                "ratio_after_compile": round(hf_seconds / warm["after_compile_seconds"], 2),
+                "identical_predictions": f"{sum(a == b for a, b in zip(hf_preds, jax_preds))}/{len(hf_preds)}",
+            }
+            print(label, k, json.dumps(report[label][f"draft_tokens={k}"]), flush=True)
     print(json.dumps(report, indent=2))
 
 

@@ -94,12 +94,13 @@ class CachedAttention(eqx.Module):
 
         config = self.inner.config
         q, k, v = self.inner._compute_qkv(x, key=None, pos_ids=pos_ids)
-        new_k = k.rearrange((BATCH, POS, "kv_head", "head_size")).array.astype(self.keys.dtype)
-        new_v = v.rearrange((BATCH, POS, "kv_head", "head_size")).array.astype(self.values.dtype)
-        rows = jnp.arange(new_k.shape[0])[:, None]  # [B, 1]
-        slots = self.start[:, None] + jnp.arange(new_k.shape[1])[None, :]  # [B, T]: row b writes its own slots
-        keys = self.keys.at[self.index, rows, :, slots, :].set(new_k, unique_indices=True)
-        values = self.values.at[self.index, rows, :, :, slots].set(new_v, unique_indices=True)
+        new_k = k.rearrange((BATCH, "kv_head", POS, "head_size")).array.astype(self.keys.dtype)
+        new_v = v.rearrange((BATCH, "kv_head", "head_size", POS)).array.astype(self.values.dtype)
+        keys, values = self.keys, self.values
+        for row in range(new_k.shape[0]):  # row b writes its own slots; one in-place update per row
+            at = self.start[row]           # (a scatter with per-row indices copied the cache: 5x slower)
+            keys = jax.lax.dynamic_update_slice(keys, new_k[row][None, None], (self.index, row, 0, at, 0))
+            values = jax.lax.dynamic_update_slice(values, new_v[row][None, None], (self.index, row, 0, 0, at))
         self.box.append((keys, values))
         sizes = {BATCH: x.resolve_axis(BATCH), KEY_POS: self.visible.resolve_axis(KEY_POS)}
         sizes.update({"kv_head": config.KVHeads, "head_size": config.HeadSize})

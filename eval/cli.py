@@ -81,7 +81,7 @@ def _run_generate_pod(args: argparse.Namespace, hosts: int) -> int:
     from parsetune.local_pod import pod_failure, run_local_pod
 
     argv = ["eval", "generate", "--model", args.model, "--data", args.data, "--out", args.out]
-    for flag in ("batch_size", "max_new_tokens", "limit", "dtype", "model_axis_size"):
+    for flag in ("batch_size", "max_new_tokens", "limit", "dtype", "model_axis_size", "draft_tokens"):
         if getattr(args, flag) is not None:
             argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     if args.constrain:
@@ -130,6 +130,7 @@ def _generate(args: argparse.Namespace) -> int:
         schema_path=schema,
         dtype=args.dtype,
         model_axis_size=args.model_axis_size,
+        draft_tokens=args.draft_tokens,
     )
     import jax
 
@@ -160,6 +161,9 @@ def _run_score(args: argparse.Namespace) -> int:
     for key in keys:
         print(f"  {key:<26} {metrics[key]:.4f}")
     return 0
+
+
+DEFAULT_DRAFT_TOKENS = 2  # eval.generate.DEFAULT_DRAFT_TOKENS (not imported: --help stays fast)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -196,6 +200,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model-axis-size", type=int, default=1, metavar="N",
         help="devices per model shard (must divide heads, KV heads, MLP width and the device count) [1]",
     )  # fmt: skip
+    gen.add_argument(
+        "--draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS, metavar="K",
+        help="prompt lookup: check up to K tokens copied from the row's own prompt/output in each decode step "
+        f"(same outputs, fewer steps; 0 = one token per step) [{DEFAULT_DRAFT_TOKENS}]",
+    )
     gen.add_argument(
         "--hosts", type=int, default=None, metavar="N",
         help="simulate an N-host pod on this machine (N processes on 127.0.0.1, one mesh over all their devices)",

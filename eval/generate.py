@@ -22,7 +22,7 @@ from parsetune.errors import UserError
 from parsetune.records import PreparedRecord, read_prepared
 
 
-DEFAULT_DRAFT_TOKENS = 4  # prompt lookup: draft tokens checked per decode step (eval.decoding)
+DEFAULT_DRAFT_TOKENS = 2  # prompt lookup: draft tokens checked per decode step (eval.decoding; docs/benchmarks.md)
 
 
 @dataclass(frozen=True)

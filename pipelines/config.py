@@ -124,6 +124,7 @@ class EvalSection:
     limit: Optional[int] = None  # first N rows only (quick runs)
     dtype: str = "auto"  # float32 | bfloat16 | auto (bfloat16 on TPU, float32 elsewhere)
     model_axis_size: int = 1  # devices per model shard (heads, kv_head, mlp); the rest shard the batch
+    draft_tokens: int = 2  # prompt lookup: draft tokens checked per decode step (0: one token per step)
 
 
 @dataclass

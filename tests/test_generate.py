@@ -221,3 +221,11 @@ def test_cli_generate_writes_predictions(tiny_model_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "examples/s" in result.stdout
     assert len(out.read_text().splitlines()) == 3
+
+
+def test_cli_default_draft_tokens_is_generates():
+    from eval.cli import DEFAULT_DRAFT_TOKENS
+    from eval.generate import DEFAULT_DRAFT_TOKENS as GENERATE_DEFAULT
+    from pipelines.config import EvalSection
+
+    assert DEFAULT_DRAFT_TOKENS == GENERATE_DEFAULT == EvalSection().draft_tokens
