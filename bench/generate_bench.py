@@ -181,6 +181,7 @@ def main() -> None:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker-draft-tokens", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--draft-tokens", default="0,2", help="comma-separated prompt-lookup settings to run [0,2]")
+    ap.add_argument("--modes", default="none,viggo", help="comma-separated: none (unconstrained), viggo [none,viggo]")
     ap.add_argument("--interleave", action="store_true", help="only the per-batch JAX/HF alternation")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -193,7 +194,7 @@ def main() -> None:
     import tempfile
 
     report = {}
-    for constrain in (None, "viggo"):
+    for constrain in [None if m == "none" else m for m in args.modes.split(",")]:
         label = constrain or "unconstrained"
         hf_preds, hf_seconds = hf_generate(args.model, args.data, args.limit, args.batch_size, args.max_new_tokens, constrain)
         report[label] = {"hf_seconds": round(hf_seconds, 1)}
