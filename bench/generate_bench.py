@@ -93,14 +93,15 @@ def interleaved(model_dir, data, limit, batch_size, max_new_tokens):
 
     from eval.compile_cache import enable_compilation_cache
     from eval.decoding import GreedyDecoder, bucket_length
-    from eval.generate import prompt_bucket, read_config, read_prompts, special_ids
+    from eval.generate import prompt_bucket, read_prompts, special_ids
+    from parsetune.hf_files import read_hf_config
     from eval.generation_model import GenerationModel
 
     enable_compilation_cache()
     records = read_prompts(data, limit)
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = sorted((tok(r.input)["input_ids"] for r in records), key=len)
-    eos, pad = special_ids(model_dir, read_config(model_dir), tok)
+    eos, pad = special_ids(model_dir, read_hf_config(model_dir), tok)
     bucket = prompt_bucket(len(ids[-1]))
     decoder = GreedyDecoder(GenerationModel.load(model_dir), eos, pad, max_new_tokens,
                             bucket_length(len(ids[-1]), bucket) + max_new_tokens, bucket)

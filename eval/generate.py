@@ -45,17 +45,6 @@ def _ids(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
-def read_config(model_dir: str) -> dict[str, Any]:
-    path = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no config.json (expected an HF checkpoint directory)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except ValueError as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-
-
 def prompt_bucket(longest_prompt: int) -> int:
     """Prompt lengths are padded to multiples of this: 16 up to 128 tokens, then 32, then 64, so a
     whole split compiles a handful of prefill shapes."""
@@ -92,7 +81,6 @@ def generate_predictions(
 ) -> GenerateStats:
     """Generate a prediction for every row of ``data_path`` and write them to ``out_path``."""
     from eval.constrained import CONSTRAINTS, build_constraint
-    from eval.generation_model import DTYPES
     from eval.model_cache import local_model_dir
 
     if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 1):
@@ -101,10 +89,9 @@ def generate_predictions(
         raise UserError(f"--draft-tokens {draft_tokens}: expected 0 (off) or more")
     if constrain is not None and constrain not in CONSTRAINTS:
         raise UserError(f"unknown --constrain {constrain!r}; expected one of {', '.join(CONSTRAINTS)}")
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if not storage.is_gcs(out_path) and os.path.isdir(out_path):
         raise UserError(f"{out_path}: is a directory, expected a file path for the predictions")
+    from parsetune.hf_files import read_hf_config
     from parsetune.model_families import check_generates
 
     if not storage.is_gcs(model_dir) and not os.path.isdir(model_dir):
@@ -115,7 +102,7 @@ def generate_predictions(
 
     enable_compilation_cache()
     model_dir = local_model_dir(model_dir)
-    config = read_config(model_dir)
+    config = read_hf_config(model_dir)
 
     from tqdm import tqdm
     from transformers import AutoTokenizer
@@ -126,8 +113,6 @@ def generate_predictions(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     eos_ids, pad_id = special_ids(model_dir, config, tokenizer)
     model = GenerationModel.load(model_dir, dtype, model_axis_size)
-    if batch_size % model.data_axis_size:
-        raise UserError(f"--batch-size {batch_size} must be a multiple of the data axis ({model.data_axis_size} devices)")
     constraint = build_constraint(constrain, tokenizer, model.vocab_size, eos_ids, schema_path)
     prompts = [tokenizer(r.input)["input_ids"] for r in records]
     for record, ids in zip(records, prompts):

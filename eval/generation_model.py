@@ -15,7 +15,7 @@ model on ``eval.cached_model``'s cache, then a greedy pick among the tokens a pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,8 @@ def resolve_dtype(dtype: str) -> str:
     import jax
 
     return "bfloat16" if jax.default_backend() == "tpu" else "float32"
+
+
 MODEL_AXES = ("heads", "kv_head", "mlp")  # sharded over the mesh's "model" axis
 
 
@@ -51,6 +53,7 @@ class GenerationModel:
     mapping: dict[str, str]
     vocab_size: int
     dtype: Any
+    _zero_caches: dict = field(default_factory=dict, repr=False)  # (batch, slots) -> compiled cache init
 
     @classmethod
     def load(cls, model_dir: str, dtype: str = "auto", model_axis_size: int = 1) -> "GenerationModel":
@@ -120,9 +123,12 @@ class GenerationModel:
 
         if batch % self.data_axis_size:
             raise UserError(f"--batch-size {batch} must be a multiple of the data axis ({self.data_axis_size} devices)")
+        key = (batch, slots)
+        if key not in self._zero_caches:  # one traced function per shape, not one per batch
+            zeros = lambda m: hax.shard(KvCache.zeros(m, batch, slots, self.dtype))  # noqa: E731
+            self._zero_caches[key] = hax.named_jit(zeros, axis_resources=self.mapping)
         with self._context():
-            zeros = hax.named_jit(lambda m: hax.shard(KvCache.zeros(m, batch, slots, self.dtype)), axis_resources=self.mapping)
-            return zeros(self.model)
+            return self._zero_caches[key](self.model)
 
     def prefill(self, tokens_BxT: np.ndarray, pad_B: np.ndarray, cache, bitmask_BxW: np.ndarray):
         """Fill cache slots ``[0, T)``; each row's first pick (global ``[batch]``) and the cache."""
