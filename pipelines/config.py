@@ -74,6 +74,14 @@ class ComputeConfig:
     gradient_checkpointing: Optional[bool] = None  # recompute each layer in the backward pass (Levanter: on)
     attn_backend: Optional[str] = None  # vanilla | jax_flash | splash | default (Levanter on CPU: jax_flash)
     scan_layers: Optional[bool] = None  # one scanned layer body (Levanter: on) or unrolled layers (loaded via levanter_compat)
+    transpose_free_dots: Optional[bool] = None  # pipelines/dot_vjp.py's gradient for linear layers (None: on when training on CPU)
+
+    def use_transpose_free_dots(self) -> bool:
+        if self.transpose_free_dots is not None:
+            return self.transpose_free_dots
+        import jax
+
+        return jax.devices()[0].platform == "cpu"
 
     def apply(self, model_config):
         """The Levanter model config with these choices applied."""

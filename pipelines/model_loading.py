@@ -31,13 +31,23 @@ def load_model(config: TrainConfig, converter, trainer):
     if unrolled:
         model = unroll_layers(model)
     if isinstance(config.method, FullConfig):
-        return model, True
+        return with_compute_choices(model, config), True
     lora = lora_config_of(config.method)
     key = jax.random.PRNGKey(config.trainer.seed + 1)
     model = hax.named_jit(lambda m: loraize_from_base(m, lora, key), axis_resources=trainer.parameter_axis_mapping)(model)
     if count_lora_modules(model) == 0:
         raise UserError(f"method.target_modules {config.method.target_modules!r} matches no linear layer of {config.model}")
+    model = with_compute_choices(model, config)  # LoRA's own A and B layers too
     return model, lora_trainable_params_filter(model)
+
+
+def with_compute_choices(model, config: TrainConfig):
+    """The model with the ``compute:`` choices that are not Levanter config fields applied."""
+    if config.compute.use_transpose_free_dots():
+        from pipelines.dot_vjp import use_transpose_free_dots
+
+        model = use_transpose_free_dots(model)
+    return model
 
 
 def lora_config_of(method: LoraMethodConfig):
