@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import draccus
 from levanter.optim import AdamConfig, OptimizerConfig
@@ -67,11 +67,17 @@ class DataConfig:
     max_eval_examples: Optional[int] = 256  # eval loss on at most this many validation examples
 
 
+SAVE_LINEAR_OUTPUTS = "linear_outputs"
+
+
 @dataclass(frozen=True)
 class ComputeConfig:
     """How the model computes (None keeps Levanter's default for the model family)."""
 
-    gradient_checkpointing: Optional[bool] = None  # recompute each layer in the backward pass (Levanter: on)
+    # true: recompute each layer in the backward pass (Levanter's default); false: keep every
+    # intermediate; linear_outputs: keep the linear layers' outputs, recompute only the rest (the
+    # default with transpose_free_dots; see pipelines/dot_vjp.py)
+    gradient_checkpointing: Optional[Union[bool, str]] = None
     attn_backend: Optional[str] = None  # vanilla | jax_flash | splash | default (Levanter on CPU: jax_flash)
     scan_layers: Optional[bool] = None  # one scanned layer body (Levanter: on) or unrolled layers (loaded via levanter_compat)
     transpose_free_dots: Optional[bool] = None  # pipelines/dot_vjp.py's gradient for linear layers (None: on when training on CPU)
@@ -83,11 +89,27 @@ class ComputeConfig:
 
         return jax.devices()[0].platform == "cpu"
 
+    def remat_policy(self):
+        """What ``gradient_checkpointing`` means for Levanter's layers (None: keep its default)."""
+        choice = self.gradient_checkpointing
+        if choice is None and self.use_transpose_free_dots():
+            choice = SAVE_LINEAR_OUTPUTS
+        if choice == SAVE_LINEAR_OUTPUTS:
+            if not self.use_transpose_free_dots():
+                raise ValueError(f"gradient_checkpointing: {SAVE_LINEAR_OUTPUTS} needs transpose_free_dots (it saves what they name)")
+            from pipelines.dot_vjp import save_linear_outputs
+
+            return save_linear_outputs()
+        if isinstance(choice, str):
+            raise ValueError(f"gradient_checkpointing must be true, false or {SAVE_LINEAR_OUTPUTS}, not {choice!r}")
+        return choice
+
     def apply(self, model_config):
         """The Levanter model config with these choices applied."""
         changes = {}
-        if self.gradient_checkpointing is not None:
-            changes["gradient_checkpointing"] = self.gradient_checkpointing
+        policy = self.remat_policy()
+        if policy is not None:
+            changes["gradient_checkpointing"] = policy
         if self.scan_layers is not None:
             changes["scan_layers"] = self.scan_layers
         if self.attn_backend is not None:

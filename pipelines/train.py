@@ -117,6 +117,10 @@ def check_inputs(config: TrainConfig, chief: bool = True) -> None:
             raise UserError(f"{name}: {path} does not exist (run `parsetune prep` first)")
     if config.trainer.train_batch_size < 1:
         raise UserError("trainer.train_batch_size must be >= 1")
+    try:
+        config.compute.remat_policy()
+    except ValueError as err:
+        raise UserError(f"compute: {err}") from err
 
 
 def eval_batches(packed: PackedSequences, batch_size: int, Pos: hax.Axis, Batch: hax.Axis) -> list:

@@ -120,3 +120,14 @@ def test_train_says_once_that_it_ignores_the_run_only_sections(tmp_path, tiny_mo
     notes = [line for line in result.stderr.splitlines() if "ignoring" in line]
     assert notes == [f"[parsetune train] ignoring the tpu:, eval: sections of {path} (used by `parsetune tpu` / `parsetune run`)"]
     assert_one_line_error(result, "does not exist")
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    (("--compute.gradient_checkpointing", "linear_output"), ("gradient_checkpointing", "'linear_output'", "linear_outputs")),
+    (("--compute.gradient_checkpointing", "linear_outputs", "--compute.transpose_free_dots", "false"),
+     ("linear_outputs needs transpose_free_dots",)),
+], ids=["typo", "without-transpose-free-dots"])
+def test_bad_remat_choice_is_one_line_before_anything_is_written(tmp_path, tiny_model_dir, tiny_data, overrides, needles):
+    result = run_train(config(tmp_path, tiny_model_dir, tiny_data), *overrides)
+    assert_one_line_error(result, "compute:", *needles)
+    assert_nothing_written(result, tmp_path / "run")
