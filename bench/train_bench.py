@@ -3,7 +3,9 @@ PEFT on torch, same model, same packed batches, same LoRA targets, float32, this
 
     python bench/train_bench.py --model models/smollm2-135m-instruct --data data/viggo/train.jsonl
 
-Each measurement runs in its own process (peak RSS is that process's). Tokens/s counts real
+Each measurement runs in its own process. Peak RSS is reported twice: up to the end of the last
+training step (parsetune's metrics.jsonl, torch's own), and for the whole process (parsetune's
+includes writing its final checkpoint, which torch's loop does not do). Tokens/s counts real
 (non-pad) tokens over the timed steps (the first --warmup steps, which include compilation, are
 not timed). Prints a table and the parsetune/torch ratios; --json writes them too.
 """
@@ -37,6 +39,12 @@ def packed_batches(model: str, data: str, batch: int, seq: int, steps: int):
     return packed, order
 
 
+def peak_rss_mb() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
 def torch_worker(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -68,7 +76,10 @@ def torch_worker(args) -> dict:
         if step >= args.warmup:
             timed_tokens += int(packed.real_tokens_N[rows].sum())
             timed_seconds += elapsed
-    return {"tokens_per_s": timed_tokens / timed_seconds, "final_loss": float(loss)}
+    return {"tokens_per_s": timed_tokens / timed_seconds, "final_loss": float(loss), "training_peak_rss_mb": peak_rss_mb()}
+
+
+STOCK_LEVANTER = ["--compute.transpose_free_dots", "false", "--compute.gradient_checkpointing", "true"]
 
 
 def parsetune_worker(args) -> dict:
@@ -88,12 +99,13 @@ def parsetune_worker(args) -> dict:
         "--run_dir", run_dir, "--export", "false", "--wandb_mode", "disabled",
         "--trainer.checkpointer.save_interval", "10000m", "--trainer.checkpointer.keep", "[]",
         "--optimizer.learning_rate", "1e-4", "--optimizer.warmup", "0",
-        *method, *args.parsetune_args,
+        *method, *(STOCK_LEVANTER if args.worker == "stock" else []), *args.parsetune_args,
     ]
     train(parse_config(str(REPO / f"configs/viggo/smollm2_{args.method}_cpu.yaml"), overrides))
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if "train_loss" in line]
     timed = [r for r in rows if r["step"] >= args.warmup]
-    return {"tokens_per_s": sum(r["tokens"] for r in timed) / sum(r["step_s"] for r in timed), "final_loss": rows[-1]["train_loss"]}
+    return {"tokens_per_s": sum(r["tokens"] for r in timed) / sum(r["step_s"] for r in timed), "final_loss": rows[-1]["train_loss"],
+            "training_peak_rss_mb": rows[-1]["peak_rss_mb"]}  # before the final checkpoint is written
 
 
 def measure(stack: str, method: str, args) -> dict:
@@ -128,10 +140,11 @@ def main() -> None:
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16)
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--stacks", default="torch,parsetune", help="which stacks to measure")
+    parser.add_argument("--stacks", default="torch,parsetune",
+                        help="which stacks to measure: torch, parsetune, stock (parsetune with Levanter's own gradient and remat)")
     parser.add_argument("--levanter-loss", action="store_true", help="parsetune with Levanter's stock loss (A/B of pipelines/loss.py)")
     parser.add_argument("--parsetune-args", nargs=argparse.REMAINDER, default=[], help="extra `parsetune train` overrides")
-    parser.add_argument("--worker", choices=["torch", "parsetune"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["torch", "parsetune", "stock"], help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=["lora", "full"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -143,15 +156,22 @@ def main() -> None:
         for stack in args.stacks.split(","):
             results[f"{stack}/{method}"] = measure(stack, method, args)
             r = results[f"{stack}/{method}"]
-            print(f"{stack:10s} {method:5s} {r['tokens_per_s']:8.1f} tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
-                  f"(final loss {r['final_loss']:.3f}, {r['wall_s']:.0f} s)", flush=True)
+            print(f"{stack:10s} {method:5s} {r['tokens_per_s']:8.1f} tok/s  peak RSS training {r['training_peak_rss_mb']:6.0f} MB, "
+                  f"whole process {r['peak_rss_mb']:6.0f} MB  (final loss {r['final_loss']:.3f}, {r['wall_s']:.0f} s)", flush=True)
     print(f"\nbatch {args.batch} x {args.seq} tokens, {args.steps} steps ({args.warmup} untimed), float32, {os.cpu_count()} CPUs")
     for method in args.methods.split(","):
         if f"torch/{method}" not in results or f"parsetune/{method}" not in results:
             continue
         ours, theirs = results[f"parsetune/{method}"], results[f"torch/{method}"]
         print(f"{method}: parsetune / torch tokens/s = {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x, "
-              f"peak RSS {ours['peak_rss_mb']:.0f} vs {theirs['peak_rss_mb']:.0f} MB")
+              f"peak RSS while training {ours['training_peak_rss_mb']:.0f} vs {theirs['training_peak_rss_mb']:.0f} MB "
+              f"(whole process, parsetune's incl. its final checkpoint: {ours['peak_rss_mb']:.0f} vs {theirs['peak_rss_mb']:.0f} MB)")
+    for method in args.methods.split(","):
+        if f"stock/{method}" in results and f"parsetune/{method}" in results:
+            ours, stock = results[f"parsetune/{method}"], results[f"stock/{method}"]
+            print(f"{method}: parsetune / stock Levanter tokens/s = {ours['tokens_per_s'] / stock['tokens_per_s']:.2f}x, "
+                  f"final loss {ours['final_loss']:.4f} vs {stock['final_loss']:.4f} "
+                  f"({(ours['final_loss'] - stock['final_loss']) / stock['final_loss'] * 100:+.2f}%)")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 

@@ -74,8 +74,9 @@ class StepLogger:
         loss = float(info.loss)
         tokens = int(self.real_tokens_per_step[step])
         tokens_per_s = tokens / info.step_duration if info.step_duration > 0 else math.nan
-        row = {"step": step, "train_loss": loss, "tokens": tokens, "tokens_per_s": round(tokens_per_s, 2), "step_s": round(info.step_duration, 4)}
-        tracked = {"train/loss": loss, "throughput/real_tokens_per_s": tokens_per_s}
+        row = {"step": step, "train_loss": loss, "tokens": tokens, "tokens_per_s": round(tokens_per_s, 2), "step_s": round(info.step_duration, 4),
+               "peak_rss_mb": peak_rss_mb()}
+        tracked = {"train/loss": loss, "throughput/real_tokens_per_s": tokens_per_s, "system/peak_rss_mb": row["peak_rss_mb"]}
         if self.flops is not None and info.step_duration > 0:
             report = self.flops.of_step(info.step_duration)
             row["model_tflops_per_s"] = round(report.achieved_flops_per_second / 1e12, 6)
@@ -89,6 +90,14 @@ class StepLogger:
         self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
         if info.next_step >= self.total_steps:
             self.bar.close()
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory so far (host RAM: on CPU that includes the model)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak / 1024 if sys.platform != "darwin" else peak / 2**20)  # KiB on Linux, bytes on macOS
 
 
 @dataclass(frozen=True)
