@@ -16,9 +16,12 @@ from conftest import ASSETS, REPO, run_cli
 
 # Runs `parsetune prep ...` and sends itself SIG when FUNCTION (os.fsync for local files, a
 # google-cloud-storage upload for gs://) is called the N-th time: an interruption mid-write.
+# raise_signal delivers it to the calling (main) thread and runs Python's handler at once; a
+# process-wide os.kill could land on a library thread and be handled only after prep had finished
+# (seen twice in full suite runs on a loaded machine: prep finished and exited 0).
 INTERRUPTED = textwrap.dedent(
     """
-    import os, sys
+    import os, signal, sys
     from google.cloud.storage import Blob
     from parsetune.cli import main
 
@@ -29,7 +32,7 @@ INTERRUPTED = textwrap.dedent(
     def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == nth:
-            os.kill(os.getpid(), sig)
+            signal.raise_signal(sig)  # to this thread: os.kill may hand it to another one, handled too late
         return real(*args, **kwargs)
 
     setattr(owner, name, interrupted)
