@@ -39,12 +39,6 @@ def packed_batches(model: str, data: str, batch: int, seq: int, steps: int):
     return packed, order
 
 
-def peak_rss_mb() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-
-
 def torch_worker(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -76,7 +70,10 @@ def torch_worker(args) -> dict:
         if step >= args.warmup:
             timed_tokens += int(packed.real_tokens_N[rows].sum())
             timed_seconds += elapsed
-    return {"tokens_per_s": timed_tokens / timed_seconds, "final_loss": float(loss), "training_peak_rss_mb": peak_rss_mb()}
+    import resource  # not pipelines.hooks.peak_rss_mb: importing it would load JAX into torch's process
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"tokens_per_s": timed_tokens / timed_seconds, "final_loss": float(loss), "training_peak_rss_mb": peak_mb}
 
 
 STOCK_LEVANTER = ["--compute.transpose_free_dots", "false", "--compute.gradient_checkpointing", "true"]

@@ -26,7 +26,6 @@ import glob
 import gzip
 import json
 import re
-import resource
 import sys
 import tempfile
 import time
@@ -129,6 +128,8 @@ def main() -> None:
 
     import jax
 
+    from pipelines.hooks import peak_rss_mb
+
     step, inputs, compute = build(args)
     start = time.perf_counter()
     compiled = step.lower(*inputs).compile()
@@ -145,7 +146,7 @@ def main() -> None:
         "method": args.method, "batch": args.batch, "seq": args.seq,
         "transpose_free_dots": compute.use_transpose_free_dots(), "gradient_checkpointing": remat_label(compute),
         "compile_s": round(compile_s, 1), "step_s": [round(t, 3) for t in times], "best_s": round(min(times), 3),
-        "loss": float(loss), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        "loss": float(loss), "peak_rss_mb": peak_rss_mb(),
     }))
     if args.top:
         with tempfile.TemporaryDirectory() as trace_dir:
