@@ -50,7 +50,12 @@ atomically: on any error nothing is written. Prompts are sorted by length into b
 stops at EOS or after --max-new-tokens tokens.
 
 --constrain viggo              only well-formed ViGGO MRs (9 functions, 14 attributes in canonical
-                               order, closed value sets), then EOS
+                               order), then EOS. With the manifest.json that `parsetune prep` writes
+                               beside SPLIT.jsonl, values are grounded in what training showed:
+                               closed attributes (rating, esrb, yes/no flags, genres, ...) take only
+                               values seen in training, and attributes that training copies from the
+                               sentence (name, developer, specifier, ...) take only spans of the
+                               row's own sentence (--no-grounding: those stay free text).
 --constrain json-schema FILE   only compact JSON matching the JSON Schema in FILE
 """
 
@@ -86,6 +91,8 @@ def _run_generate_pod(args: argparse.Namespace, hosts: int) -> int:
             argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     if args.constrain:
         argv += ["--constrain", *args.constrain]
+    if not args.grounding:
+        argv.append("--no-grounding")
     print(f"[parsetune eval generate] starting a simulated pod of {hosts} processes on 127.0.0.1", file=sys.stderr, flush=True)
     failure = pod_failure(run_local_pod([sys.executable, "-m", "parsetune", *argv], hosts))
     if failure:
@@ -131,6 +138,7 @@ def _generate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         model_axis_size=args.model_axis_size,
         draft_tokens=args.draft_tokens,
+        ground_values=args.grounding,
     )
     import jax
 
@@ -138,7 +146,8 @@ def _generate(args: argparse.Namespace) -> int:
         return 0
     print(
         f"generated {stats.n} predictions -> {args.out} in {stats.seconds:.1f} s "
-        f"({stats.examples_per_second:.2f} examples/s; {stats.n - stats.stopped_at_eos} hit --max-new-tokens)"
+        f"({stats.examples_per_second:.2f} examples/s; {stats.n - stats.stopped_at_eos} hit --max-new-tokens)\n"
+        f"constraint: {stats.constraint}"
     )
     return 0
 
@@ -192,6 +201,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--constrain", nargs="+", metavar=("KIND", "FILE"), default=None,
         help="grammar constraint: 'viggo' or 'json-schema FILE'",
     )  # fmt: skip
+    gen.add_argument(
+        "--no-grounding", dest="grounding", action="store_false",
+        help="--constrain viggo: let copied attributes take any text instead of spans of the row's sentence",
+    )
     gen.add_argument(
         "--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
         help="weights and compute: auto = bfloat16 on TPU, float32 elsewhere (XLA:CPU bf16 is slow) [auto]",

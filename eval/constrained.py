@@ -1,13 +1,17 @@
 """Grammar-constrained decoding with llguidance: ViGGO MRs or a JSON Schema, via numpy bit masks.
 
-``viggo_lark()`` is a Lark grammar accepting exactly the well-formed ViGGO MRs: one of the 9
-functions, then any subset of the 14 attributes in the canonical order of ``parsetune.tasks.viggo_mr``
-(``, `` between them), with the closed value sets seen in the ViGGO data (ratings, ESRB ratings,
-yes/no flags, comma-separated genres, platforms and perspectives) and bracket-free free text for
-names, developers, specifiers, dates and years. Every value may be empty (``esrb[]``). After the
-closing ``)`` only EOS is allowed.
+``viggo_lark(values, sentence)`` is a Lark grammar accepting exactly the well-formed ViGGO MRs: one
+of the 9 functions, then any subset of the 14 attributes in the canonical order of
+``parsetune.tasks.viggo_mr`` (``, `` between them). What each value may be comes from the value sets
+learned from the training split (``parsetune.tasks.viggo_values``, stored in the prepared data's
+manifest): closed attributes take a value seen in training, list attributes comma-separated known
+items, and -- *grounding* -- attributes that training copies from the sentence take only a span of
+this row's sentence (so a name cannot be misspelt or invented). Without learned sets every value is
+bracket-free free text. Every value may be empty (``esrb[]``). After the closing ``)`` only EOS is
+allowed.
 
-``GrammarConstraint`` implements ``eval.decoding.TokenConstraint``: one ``LLMatcher`` per batch row.
+``GrammarConstraint`` implements ``eval.decoding.TokenConstraint``: one ``LLMatcher`` per batch row,
+each with its own grammar when the constraint grounds values (``for_prompts`` before a batch).
 Near the token budget (the last ``finish_window`` tokens) it steers each row towards closing: when
 the grammar allows a token made only of closing characters (``])`` for ViGGO, ``"]}`` for JSON) or
 EOS, only those are allowed, so a long free-text value does not leave the MR unfinished at
@@ -17,64 +21,62 @@ EOS, only those are allowed, so a long free-text value does not leave the MR unf
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from parsetune.tasks.viggo_mr import ATTRIBUTES, FUNCTIONS
+from parsetune.tasks.viggo_values import Grounding, ValueSets, sentence_spans
 from parsetune import storage
 from parsetune.errors import UserError
 
 CONSTRAINTS: tuple[str, ...] = ("viggo", "json-schema")
 
-# Closed value sets: every value of the bundled ViGGO train split (validation is a subset).
-CLOSED_VALUES: dict[str, tuple[str, ...]] = {
-    "esrb": ("E (for Everyone)", "E 10+ (for Everyone 10 and Older)", "T (for Teen)", "M (for Mature)"),
-    "rating": ("excellent", "good", "average", "poor"),
-    "has_multiplayer": ("yes", "no"),
-    "available_on_steam": ("yes", "no"),
-    "has_linux_release": ("yes", "no"),
-    "has_mac_release": ("yes", "no"),
-}
-LIST_VALUES: dict[str, tuple[str, ...]] = {
-    "genres": (
-        "action", "action-adventure", "adventure", "arcade", "driving/racing", "fighting",
-        "hack-and-slash", "indie", "MMORPG", "music", "pinball", "platformer", "point-and-click",
-        "puzzle", "real-time strategy", "role-playing", "shooter", "simulation", "sport", "strategy",
-        "tactical", "text adventure", "trivia/board game", "turn-based strategy", "vehicular combat",
-    ),  # fmt: skip
-    "platforms": ("PlayStation", "Xbox", "PC", "Nintendo", "Nintendo Switch"),
-    "player_perspective": ("first person", "third person", "side view", "bird view"),
-}
 FREE_TEXT = r"/[^\[\]\n]{1,80}/"
-YEAR = r"/[0-9]{4}/"
 
 
 def _alternatives(values: Sequence[str]) -> str:
     # longest first, so that e.g. "Nintendo Switch" is not read as "Nintendo" + garbage
-    return " | ".join(json.dumps(v) for v in sorted(values, key=len, reverse=True))
+    return " | ".join(json.dumps(v, ensure_ascii=False) for v in sorted(values, key=len, reverse=True))
 
 
-def viggo_lark() -> str:
-    """The Lark grammar (llguidance dialect) of well-formed ViGGO meaning representations."""
+def viggo_lark(values: ValueSets | None = None, sentence: str | None = None) -> str:
+    """The Lark grammar (llguidance dialect) of well-formed ViGGO meaning representations.
+
+    ``values`` (learned from the training split, ``parsetune.tasks.viggo_values``) restricts closed
+    attributes to the values seen in training and list attributes to comma-separated known items;
+    with ``sentence`` too, each copied attribute may only be a span of that sentence (grounding).
+    Without ``values`` every attribute is free text (structure only).
+    """
+    values = values or ValueSets()
     lines = [
         "start: fn \"(\" attrs? \")\"",
         "fn: " + _alternatives(FUNCTIONS),
         "attrs: " + " | ".join(f"x{i}" for i in range(len(ATTRIBUTES))),
     ]
+    span_rules: dict[int, str] = {}
     for i, name in enumerate(ATTRIBUTES):
         later = " | ".join(f"x{j}" for j in range(i + 1, len(ATTRIBUTES)))
         tail = f" (\", \" ({later}))?" if later else ""
-        lines.append(f"x{i}: \"{name}[\" v{i}? \"]\"{tail}")
-        if name in CLOSED_VALUES:
-            lines.append(f"v{i}: " + _alternatives(CLOSED_VALUES[name]))
-        elif name in LIST_VALUES:
-            lines.append(f"v{i}: item{i} (\", \" item{i})*")
-            lines.append(f"item{i}: " + _alternatives(LIST_VALUES[name]))
-        elif name == "release_year":
-            lines.append(f"v{i}: {YEAR}")
+        spec = values.of(name)
+        value_rules: list[str] = []
+        if spec.kind == "closed" and spec.values:
+            value_rules.append(f"v{i}: " + _alternatives(spec.values))
+        elif spec.kind == "list" and spec.values:
+            value_rules.append(f"v{i}: item{i} (\", \" item{i})*")
+            value_rules.append(f"item{i}: " + _alternatives(spec.values))
+        elif spec.kind == "copy" and sentence is not None and spec.max_units > 0:
+            spans = sentence_spans(sentence, spec.max_units)
+            if spans:
+                span_rules.setdefault(spec.max_units, _alternatives(spans))
+                value_rules.append(f"v{i}: span{spec.max_units}")
+            # else nothing to copy from: the value can only be empty
         else:
-            lines.append(f"v{i}: {FREE_TEXT}")
+            value_rules.append(f"v{i}: {FREE_TEXT}")
+        value = f" v{i}?" if value_rules else ""
+        lines.append(f"x{i}: \"{name}[\"{value} \"]\"{tail}")
+        lines += value_rules
+    lines += [f"span{n}: {alternatives}" for n, alternatives in span_rules.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -157,10 +159,27 @@ class GrammarConstraint:
         self.grammar = grammar
         self.eos_ids = list(eos_ids)
         self.matchers: list[Any] = []
+        self.row_grammar: Callable[[str], str] | None = None  # prompt -> that row's grammar (grounding)
+        self._row_grammars: list[str] | None = None
+        self.values: ValueSets | None = None  # viggo: the learned value sets in use
         self.finish_window = finish_window
         self.closing_mask_W = _closing_mask(self.tokenizer, vocab_size, closing_chars.encode(), self.eos_ids)
 
+    def for_prompts(self, prompts: Sequence[str]) -> None:
+        """Use each prompt's own grammar (``row_grammar``) for the rows of the next batch, in order;
+        a no-op for a constraint without per-row grammars."""
+        if self.row_grammar is not None:
+            self._row_grammars = [self.row_grammar(p) for p in prompts]
+
     def start(self, rows: int) -> None:
+        if self._row_grammars is not None:
+            grammars, self._row_grammars = self._row_grammars, None
+            if len(grammars) != rows:
+                raise ValueError(f"{len(grammars)} row grammars for a batch of {rows}")
+            self.matchers = [self._llg.LLMatcher(self.tokenizer, g, log_level=0) for g in grammars]
+            return
+        if self.row_grammar is not None:
+            self.matchers = []  # rows of an earlier batch had their own grammars
         while len(self.matchers) < rows:
             self.matchers.append(self._llg.LLMatcher(self.tokenizer, self.grammar, log_level=0))
         for matcher in self.matchers[:rows]:
@@ -199,15 +218,28 @@ class GrammarConstraint:
 
 
 def build_constraint(
-    kind: str | None, hf_tokenizer, vocab_size: int, eos_ids: Sequence[int], schema_path: str | None = None
+    kind: str | None,
+    hf_tokenizer,
+    vocab_size: int,
+    eos_ids: Sequence[int],
+    schema_path: str | None = None,
+    grounding: Grounding | None = None,
+    ground_values: bool = True,
 ) -> GrammarConstraint | None:
-    """``None`` for no constraint, else a ``GrammarConstraint`` for ``viggo`` or ``json-schema``."""
+    """``None`` for no constraint, else a ``GrammarConstraint`` for ``viggo`` or ``json-schema``.
+
+    ``viggo`` with ``grounding`` (the learned value sets of the prepared data, ``read_grounding``):
+    closed and list attributes take training values only, and with ``ground_values`` each row's
+    copied attributes take only spans of its own sentence (the constraint's ``for_prompts``).
+    Without ``grounding``: structure only, every value free text.
+    """
     if kind is None:
         return None
-    if kind == "viggo":
-        import llguidance
+    import llguidance
 
-        grammar = llguidance.LLMatcher.grammar_from_lark(viggo_lark())
+    if kind == "viggo":
+        values = grounding.values if grounding else None
+        grammar = llguidance.LLMatcher.grammar_from_lark(viggo_lark(values))
         closing = "])"
     elif kind == "json-schema":
         if schema_path is None:
@@ -216,4 +248,27 @@ def build_constraint(
         closing = '"]}'
     else:
         raise UserError(f"unknown constraint {kind!r}; expected one of {', '.join(CONSTRAINTS)}")
-    return GrammarConstraint(hf_tokenizer, grammar, vocab_size, eos_ids, closing_chars=closing)
+    constraint = GrammarConstraint(hf_tokenizer, grammar, vocab_size, eos_ids, closing_chars=closing)
+    constraint.values = grounding.values if kind == "viggo" and grounding is not None else None
+    if kind == "viggo" and grounding is not None and ground_values and grounding.values.copied():
+        learned = grounding
+
+        def row_grammar(prompt: str) -> str:
+            return llguidance.LLMatcher.grammar_from_lark(viggo_lark(learned.values, learned.sentence(prompt)))
+
+        constraint.row_grammar = row_grammar
+    return constraint
+
+
+def describe_constraint(kind: str | None, constraint: GrammarConstraint | None) -> str:
+    """One line saying what restricted the output (for logs, reports and API responses)."""
+    if kind is None or constraint is None:
+        return "none"
+    if kind != "viggo":
+        return kind
+    if constraint.values is None:
+        return "viggo (structure only: no learned value sets beside the data)"
+    kinds = {k: [a for a, v in constraint.values.attributes.items() if v.kind == k] for k in ("copy", "closed", "list")}
+    copied = ", ".join(kinds["copy"])
+    grounded = f"spans of the sentence for {copied}" if constraint.row_grammar is not None and copied else "copied values free"
+    return f"viggo ({grounded}; training values for {len(kinds['closed']) + len(kinds['list'])} closed/list attributes)"

@@ -32,6 +32,7 @@ class GenerateStats:
     examples_per_second: float
     stopped_at_eos: int  # rows that ended with EOS; the rest hit max_new_tokens
     tokens_per_step: float = 1.0  # tokens each row gained per decode step (> 1: drafts accepted)
+    constraint: str = "none"  # what restricted the output (describe_constraint)
 
 
 def read_prompts(path: str, limit: int | None = None) -> list[PreparedRecord]:
@@ -78,9 +79,11 @@ def generate_predictions(
     dtype: str = "auto",
     model_axis_size: int = 1,
     draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+    ground_values: bool = True,
 ) -> GenerateStats:
     """Generate a prediction for every row of ``data_path`` and write them to ``out_path``."""
-    from eval.constrained import CONSTRAINTS, build_constraint
+    from eval.constrained import CONSTRAINTS, build_constraint, describe_constraint
+    from parsetune.tasks.viggo_values import read_grounding
     from eval.model_cache import local_model_dir
 
     if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 1):
@@ -113,7 +116,8 @@ def generate_predictions(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     eos_ids, pad_id = special_ids(model_dir, config, tokenizer)
     model = GenerationModel.load(model_dir, dtype, model_axis_size)
-    constraint = build_constraint(constrain, tokenizer, model.vocab_size, eos_ids, schema_path)
+    grounding = read_grounding(data_path) if constrain == "viggo" else None
+    constraint = build_constraint(constrain, tokenizer, model.vocab_size, eos_ids, schema_path, grounding, ground_values)
     prompts = [tokenizer(r.input)["input_ids"] for r in records]
     for record, ids in zip(records, prompts):
         if not ids:
@@ -134,6 +138,9 @@ def generate_predictions(
             rows = order[first : first + batch_size]
             batch = [prompts[i] for i in rows]
             batch += [batch[0]] * (batch_size - len(batch))  # a full batch keeps one compiled shape
+            if constraint is not None:
+                texts = [records[i].input for i in rows]
+                constraint.for_prompts(texts + [texts[0]] * (batch_size - len(texts)))
             results = decoder.generate(batch, constraint)
             for i, result in zip(rows, results):
                 predictions[i] = tokenizer.decode(result.tokens, skip_special_tokens=True).strip()
@@ -147,5 +154,10 @@ def generate_predictions(
     if chief:
         storage.write_bytes_atomic(out_path, ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
     return GenerateStats(
-        len(records), seconds, len(records) / seconds if seconds else 0.0, eos_count, round(decoder.stats.tokens_per_step, 2)
+        len(records),
+        seconds,
+        len(records) / seconds if seconds else 0.0,
+        eos_count,
+        round(decoder.stats.tokens_per_step, 2),
+        describe_constraint(constrain, constraint),
     )

@@ -155,6 +155,7 @@ class EvalSection:
     dtype: str = "auto"  # float32 | bfloat16 | auto (bfloat16 on TPU, float32 elsewhere)
     model_axis_size: int = 1  # devices per model shard (heads, kv_head, mlp); the rest shard the batch
     draft_tokens: int = 2  # prompt lookup: draft tokens checked per decode step (0: one token per step)
+    grounding: bool = True  # viggo: copied attributes only as spans of the row's sentence (parsetune.tasks.viggo_values)
 
 
 @dataclass

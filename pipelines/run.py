@@ -93,7 +93,7 @@ def evaluate_split(config: TrainConfig, model_dir: str, split: str, data_path: s
         stats = generate_predictions(
             model_dir, data_path, predictions, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
             limit=e.limit, constrain=e.constrain, schema_path=e.schema, dtype=e.dtype, model_axis_size=e.model_axis_size,
-            draft_tokens=e.draft_tokens,
+            draft_tokens=e.draft_tokens, ground_values=e.grounding,
         )
         print(f"   {split}: {stats}", file=sys.stderr)
     return score_predictions(predictions, out_dir, task=config.prep.task, schema_path=e.schema if config.prep.task == "json" else None)

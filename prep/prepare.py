@@ -107,4 +107,16 @@ def prepare(request: PrepRequest) -> list[SplitSummary]:
     shots = pick_shots(splits["train"], request.few_shot, request.seed) if request.few_shot else ()
     records = {split: render_split(examples, template, shots) for split, examples in splits.items()}
     options = {"few_shot": request.few_shot, "seed": request.seed, "few_shot_ids": [s.id for s in shots], **task_options}
-    return write_prepared(request.out, request.task, description, records, template, options, request.tokenizer)
+    return write_prepared(
+        request.out, request.task, description, records, template, options, request.tokenizer, learned_task_data(request.task, splits["train"])
+    )
+
+
+def learned_task_data(task: str, train: list[SourceExample]) -> dict:
+    """What the manifest records about the training split for the decoder: for ViGGO, the kind and
+    values of every attribute (``parsetune.tasks.viggo_values``, used to ground constrained decoding)."""
+    if task != "viggo":
+        return {}
+    from parsetune.tasks.viggo_values import MANIFEST_KEY, learn_value_sets
+
+    return {MANIFEST_KEY: learn_value_sets((e.text, e.target) for e in train).to_json()}

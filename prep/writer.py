@@ -65,6 +65,7 @@ def write_prepared(
     template: PromptTemplate,
     options: dict,
     tokenizer_path: str | None = None,
+    task_data: dict | None = None,
 ) -> list[SplitSummary]:
     """Write ``DEST/<split>.jsonl`` for every split and ``DEST/manifest.json``; all or nothing."""
     payloads = {split: records_to_jsonl(records) for split, records in splits.items()}
@@ -87,6 +88,7 @@ def write_prepared(
         "prompt": template.to_dict(),
         "options": options,
         "tokenizer": tokenizer_path,
+        **(task_data or {}),
     }
     files = {summary.file: payloads[summary.split] for summary in summaries}
     files[MANIFEST_NAME] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")

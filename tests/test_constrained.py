@@ -19,6 +19,15 @@ def tiny(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir), GenerationModel.load(str(tiny_model_dir))
 
 
+@pytest.fixture(scope="module")
+def bundled_values():
+    """Value sets learned from the bundled ViGGO train split, as prep writes them into the manifest."""
+    from parsetune.tasks.viggo_values import learn_value_sets
+
+    rows = [json.loads(line) for line in open(REPO / "prep" / "data" / "viggo" / "train.jsonl")]
+    return learn_value_sets((r["target"], r["meaning_representation"]) for r in rows)
+
+
 def _matcher(tokenizer, grammar):
     import llguidance
     import llguidance.hf
@@ -40,13 +49,13 @@ def _matcher(tokenizer, grammar):
         ("inform(genres[shooter, jazz])", False),
     ],
 )
-def test_viggo_grammar_accepts_exactly_well_formed_mrs(tiny, mr, ok):
+def test_viggo_grammar_accepts_exactly_well_formed_mrs(tiny, bundled_values, mr, ok):
     import llguidance
 
     from eval.constrained import viggo_lark
 
     tokenizer = tiny[0]
-    matcher = _matcher(tokenizer, llguidance.LLMatcher.grammar_from_lark(viggo_lark()))
+    matcher = _matcher(tokenizer, llguidance.LLMatcher.grammar_from_lark(viggo_lark(bundled_values)))
     ids = tokenizer(mr, add_special_tokens=False)["input_ids"]
     accepted = matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting()
     assert accepted == ok
@@ -54,13 +63,13 @@ def test_viggo_grammar_accepts_exactly_well_formed_mrs(tiny, mr, ok):
         assert matcher.is_stopped()  # nothing but EOS may follow the closing ")"
 
 
-def test_viggo_grammar_accepts_every_bundled_validation_mr(tiny):
+def test_viggo_grammar_accepts_every_bundled_validation_mr(tiny, bundled_values):
     import llguidance
 
     from eval.constrained import viggo_lark
 
     tokenizer = tiny[0]
-    matcher = _matcher(tokenizer, llguidance.LLMatcher.grammar_from_lark(viggo_lark()))
+    matcher = _matcher(tokenizer, llguidance.LLMatcher.grammar_from_lark(viggo_lark(bundled_values)))
     for line in open(REPO / "prep" / "data" / "viggo" / "validation.jsonl"):
         mr = json.loads(line)["meaning_representation"]
         matcher.reset()
