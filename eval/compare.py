@@ -3,7 +3,9 @@
 The report has the table of the Levanter ViGGO tutorial (one column per run: n, function-name,
 attribute-set, attribute-value, overall, exact match, valid rate), a link to each run's
 ``confusion_matrix.png`` (relative to the report), and each run's 3 largest off-diagonal
-confusions (``reference → predicted: count``) from its ``confusion_matrix.csv``.
+confusions (``reference → predicted: count``) from its ``confusion_matrix.csv``, and where each run
+fails: a per-attribute table (precision, recall, value accuracy; ``metrics.json``) and the most
+frequent kinds of miss with two examples each (``errors.json``, ``eval.error_kinds``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class RunSummary:
     metrics: dict[str, Any]
     top_confusions: tuple[tuple[str, str, int], ...]  # (reference, predicted, count), largest first
     has_png: bool
+    errors: dict[str, Any] | None = None  # errors.json of the score directory (eval.error_kinds), if any
 
 
 def top_confusions(csv_text: str, where: str, k: int = 3) -> tuple[tuple[str, str, int], ...]:
@@ -75,7 +78,50 @@ def read_run(directory: str, name: str) -> RunSummary:
     csv_path = storage.join(directory, "confusion_matrix.csv")
     confusions = top_confusions(storage.read_text(csv_path), csv_path) if storage.exists(csv_path) else ()
     has_png = storage.exists(storage.join(directory, "confusion_matrix.png"))
-    return RunSummary(name, directory, metrics, confusions, has_png)
+    errors_path = storage.join(directory, "errors.json")
+    errors = None
+    if storage.exists(errors_path):
+        try:
+            errors = json.loads(storage.read_text(errors_path))
+        except ValueError as err:
+            raise UserError(f"{errors_path}: not valid JSON ({err})") from None
+    return RunSummary(name, directory, metrics, confusions, has_png, errors)
+
+
+def _md(text: str) -> str:
+    """Text safe inside inline code on one line."""
+    return text.replace("`", "'").replace("\n", " ⏎ ")
+
+
+def attribute_table(per_attribute: dict[str, Any]) -> list[str]:
+    """Markdown rows: each attribute's references, predictions, precision, recall, value accuracy."""
+    lines = [
+        "| attribute | in references | predicted | precision | recall | value accuracy |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, stats in per_attribute.items():
+        predicted = stats.get("predicted")
+        precision = stats.get("precision")
+        lines.append(
+            f"| {name} | {stats['n']} | {'—' if predicted is None else predicted} | "
+            f"{'—' if precision is None else f'{precision:.3f}'} | {stats['presence_rate']:.3f} | {stats['value_accuracy']:.3f} |"
+        )
+    return lines
+
+
+def error_lines(errors: dict[str, Any]) -> list[str]:
+    """The most frequent kinds of miss, two examples each."""
+    lines = [f"{errors.get('misses', '?')} predictions are not exact matches. Most frequent kinds of miss (an example may have several):", ""]
+    for number, kind in enumerate(errors.get("kinds", []), start=1):
+        lines.append(f"{number}. **{kind['kind']}**: {kind['count']} examples")
+        for example in kind.get("examples", []):
+            sentence = example["input"].strip().splitlines()
+            lines.append(f"   - `{_md(example['id'])}`: {_md(example['detail'])}")
+            if sentence:
+                lines.append(f"     - input: {_md(sentence[-2] if len(sentence) > 1 else sentence[0])}")
+            lines.append(f"     - reference: `{_md(example['reference'])}`")
+            lines.append(f"     - prediction: `{_md(example['prediction'])}`")
+    return lines
 
 
 def _cell(value: Any) -> str:
@@ -126,6 +172,18 @@ def render_report(runs: list[RunSummary], out_path: str) -> str:
         else:
             lines.append("No off-diagonal confusions.")
         lines.append("")
+    for r in runs:
+        per_attribute = r.metrics.get("per_attribute")
+        if not per_attribute and not r.errors:
+            continue
+        lines += [f"## Where {r.name} fails", ""]
+        if per_attribute:
+            lines += ["Per attribute (precision: predicted attributes the reference has; recall: reference attributes predicted; value accuracy: reference attributes predicted with the right value):", ""]
+            lines += attribute_table(per_attribute)
+            lines.append("")
+        if r.errors:
+            lines += error_lines(r.errors)
+            lines.append("")
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ of the 9 functions, then any subset of the 14 attributes in the canonical order 
 ``parsetune.tasks.viggo_mr`` (``, `` between them). What each value may be comes from the value sets
 learned from the training split (``parsetune.tasks.viggo_values``, stored in the prepared data's
 manifest): closed attributes take a value seen in training, list attributes comma-separated known
-items, and -- *grounding* -- attributes that training copies from the sentence take only a span of
+items (in training's order, none repeated, when training lists are ordered), and -- *grounding* -- attributes that training copies from the sentence take only a span of
 this row's sentence (so a name cannot be misspelt or invented). Without learned sets every value is
 bracket-free free text. Every value may be empty (``esrb[]``). After the closing ``)`` only EOS is
 allowed.
@@ -14,7 +14,8 @@ allowed.
 each with its own grammar when the constraint grounds values (``for_prompts`` before a batch).
 Near the token budget (the last ``finish_window`` tokens) it steers each row towards closing: when
 the grammar allows a token made only of closing characters (``])`` for ViGGO, ``"]}`` for JSON) or
-EOS, only those are allowed, so a long free-text value does not leave the MR unfinished at
+EOS, only those are allowed (first those beginning with the first closing character, which ends a
+value: inside free text ``)`` is still text), so a long free-text value does not leave the MR unfinished at
 ``max_new_tokens``. Otherwise the plain grammar mask applies (e.g. to finish a closed value).
 """
 
@@ -40,6 +41,16 @@ def _alternatives(values: Sequence[str]) -> str:
     return " | ".join(json.dumps(v, ensure_ascii=False) for v in sorted(values, key=len, reverse=True))
 
 
+def _ordered_list_rules(rule: str, items: Sequence[str]) -> list[str]:
+    """``rule``: one or more of ``items``, comma-separated, in the given order, none repeated."""
+    lines = [f"{rule}: " + " | ".join(f"{rule}_{k}" for k in range(len(items)))]
+    for k, item in enumerate(items):
+        rest = " | ".join(f"{rule}_{j}" for j in range(k + 1, len(items)))
+        tail = f" (\", \" ({rest}))?" if rest else ""
+        lines.append(f"{rule}_{k}: {json.dumps(item, ensure_ascii=False)}{tail}")
+    return lines
+
+
 def viggo_lark(values: ValueSets | None = None, sentence: str | None = None) -> str:
     """The Lark grammar (llguidance dialect) of well-formed ViGGO meaning representations.
 
@@ -62,6 +73,8 @@ def viggo_lark(values: ValueSets | None = None, sentence: str | None = None) -> 
         value_rules: list[str] = []
         if spec.kind == "closed" and spec.values:
             value_rules.append(f"v{i}: " + _alternatives(spec.values))
+        elif spec.kind == "list" and spec.values and spec.ordered:
+            value_rules += _ordered_list_rules(f"v{i}", spec.values)
         elif spec.kind == "list" and spec.values:
             value_rules.append(f"v{i}: item{i} (\", \" item{i})*")
             value_rules.append(f"item{i}: " + _alternatives(spec.values))
@@ -98,18 +111,23 @@ def _set_bit(mask_W: np.ndarray, token: int) -> None:
     mask_W[token // 32] |= np.uint32(1 << (token % 32)).view(np.int32)
 
 
-def _closing_mask(lltok, vocab_size: int, closing: bytes, eos_ids: Sequence[int]) -> np.ndarray:
-    """Bit mask of EOS and of the tokens whose bytes are all in ``closing``."""
-    mask_W = np.zeros((vocab_size + 31) // 32, np.int32)
+def _closing_masks(lltok, vocab_size: int, closing: bytes, eos_ids: Sequence[int]) -> list[np.ndarray]:
+    """Bit masks, in order of preference: the tokens made only of ``closing`` bytes that begin with
+    its first (``]`` closes a ViGGO value, where ``)`` would still be free text), then EOS and every
+    token made only of ``closing`` bytes."""
+    first_W = np.zeros((vocab_size + 31) // 32, np.int32)
+    any_W = np.zeros((vocab_size + 31) // 32, np.int32)
     for token in eos_ids:
-        _set_bit(mask_W, token)
+        _set_bit(any_W, token)
     if closing:
         allowed = set(closing)
         for token in range(min(vocab_size, lltok.vocab_size)):
             data = lltok.decode_bytes([token])
             if data and not lltok.is_special_token(token) and set(data) <= allowed:
-                _set_bit(mask_W, token)
-    return mask_W
+                _set_bit(any_W, token)
+                if data[0] == closing[0]:
+                    _set_bit(first_W, token)
+    return [first_W, any_W]
 
 
 def ll_tokenizer(hf_tokenizer, vocab_size: int, eos_ids: Sequence[int]):
@@ -163,7 +181,7 @@ class GrammarConstraint:
         self._row_grammars: list[str] | None = None
         self.values: ValueSets | None = None  # viggo: the learned value sets in use
         self.finish_window = finish_window
-        self.closing_mask_W = _closing_mask(self.tokenizer, vocab_size, closing_chars.encode(), self.eos_ids)
+        self.closing_masks_W = _closing_masks(self.tokenizer, vocab_size, closing_chars.encode(), self.eos_ids)
 
     def for_prompts(self, prompts: Sequence[str]) -> None:
         """Use each prompt's own grammar (``row_grammar``) for the rows of the next batch, in order;
@@ -209,9 +227,11 @@ class GrammarConstraint:
 
         fill_next_token_bitmask(matcher, masks_TxW, index)
         if remaining <= self.finish_window:
-            closing_W = masks_TxW[index] & self.closing_mask_W
-            if closing_W.any():
-                masks_TxW[index] = closing_W
+            for preferred_W in self.closing_masks_W:
+                closing_W = masks_TxW[index] & preferred_W
+                if closing_W.any():
+                    masks_TxW[index] = closing_W
+                    break
 
     def consume(self, row: int, token: int) -> None:
         self.matchers[row].consume_token(token)

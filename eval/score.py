@@ -9,7 +9,9 @@ output directory untouched. Outputs (each written atomically):
   ``ViggoMetrics`` rates plus ``per_function`` and ``per_attribute``; JSON: the ``JsonMetrics``
   fields plus ``valid_rate`` = ``valid_json_rate``).
 - ``per_example.jsonl``: one line per prediction, in input order, with its scores.
-- ViGGO only: ``confusion_matrix.csv`` (counts) and ``confusion_matrix.png``.
+- ViGGO only: ``confusion_matrix.csv`` (counts) and ``confusion_matrix.png``; ``errors.json``: the
+  number of misses (not exact matches) and their most frequent kinds with two examples each
+  (``eval.error_kinds``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from parsetune.tasks import check_task
 from parsetune.tasks.json_form import load_json_schema, loads_strict
 from parsetune.errors import UserError
 from parsetune.jsonl import read_jsonl_rows
+
+
+ERROR_KINDS_KEPT = 8  # errors.json: the most frequent kinds of miss, with two examples each
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ def _json(obj: dict[str, Any]) -> bytes:
 
 def _viggo_outputs(records: list[PredictionRecord], path: str) -> tuple[dict[str, Any], dict[str, bytes]]:
     from eval.confusion_report import confusion_csv, confusion_png
+    from eval.error_kinds import top_error_kinds
     from eval.viggo_metrics import score_all
 
     scores, metrics, cm = score_all([r.prediction for r in records], [r.reference for r in records])
@@ -118,9 +124,11 @@ def _viggo_outputs(records: list[PredictionRecord], path: str) -> tuple[dict[str
         }
         for r, s in zip(records, scores)
     ]
+    kinds = top_error_kinds(((r.id, r.input or "", r.reference, r.prediction) for r in records), k=ERROR_KINDS_KEPT)
     files = {
         "metrics.json": _json(summary),
         "per_example.jsonl": _jsonl(per_example),
+        "errors.json": _json({"misses": sum(not s.exact_match for s in scores), "kinds": [k.to_json() for k in kinds]}),
         "confusion_matrix.csv": confusion_csv(cm).encode("utf-8"),
         "confusion_matrix.png": confusion_png(cm),
     }

@@ -57,6 +57,7 @@ class ExampleScore:
     valid: bool
     ref_attributes: tuple[tuple[str, bool, bool], ...]
     pred_error: str | None
+    pred_attributes: tuple[str, ...] = ()  # normalized names of the predicted attributes
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,19 @@ class Accuracies:
 @dataclass(frozen=True)
 class AttributeStats:
     """For one attribute: over the ``n`` references that contain it, how often the prediction
-    had it at all (``presence_rate``) and with the right value (``value_accuracy``)."""
+    had it at all (``presence_rate``, i.e. recall) and with the right value (``value_accuracy``);
+    ``predicted``: predictions that contain it, ``precision``: the share of those whose reference
+    has it too (1.0 when never predicted)."""
 
     n: int
     presence_rate: float
     value_accuracy: float
+    predicted: int = 0
+    precision: float = 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.presence_rate
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,7 @@ def score_example(prediction: str, reference: str) -> ExampleScore:
         valid=pred.valid,
         ref_attributes=hits,
         pred_error=pred.error,
+        pred_attributes=tuple(pred_values),
     )
 
 
@@ -185,16 +195,23 @@ def aggregate(scores: Sequence[ExampleScore]) -> ViggoMetrics:
     per_function = {f: accuracies(by_fn[f]) for f in _ordered(set(by_fn), FUNCTIONS)}
 
     by_attr: dict[str, list[tuple[bool, bool]]] = {}
+    predicted: dict[str, list[bool]] = {}  # per predicted attribute: does the reference have it?
     for s in scores:
         for name, present, hit in s.ref_attributes:
             by_attr.setdefault(name, []).append((hit, present))
+        ref_names = {name for name, _, _ in s.ref_attributes}
+        for name in s.pred_attributes:
+            predicted.setdefault(name, []).append(name in ref_names)
     per_attribute: dict[str, AttributeStats] = {}
-    for name in _ordered(set(by_attr), ATTRIBUTES):
-        rows = by_attr[name]
+    for name in _ordered(set(by_attr) | set(predicted), ATTRIBUTES):
+        rows = by_attr.get(name, [])
+        guesses = predicted.get(name, [])
         per_attribute[name] = AttributeStats(
             n=len(rows),
             presence_rate=_mean([float(p) for _, p in rows]),
             value_accuracy=_mean([float(h) for h, _ in rows]),
+            predicted=len(guesses),
+            precision=_mean([float(g) for g in guesses]) if guesses else 1.0,
         )
 
     return ViggoMetrics(

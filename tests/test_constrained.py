@@ -40,7 +40,7 @@ def _matcher(tokenizer, grammar):
     [
         ("inform(name[BioShock], release_year[2007], esrb[M (for Mature)], genres[action-adventure, shooter])", True),
         ("request_attribute(esrb[])", True),
-        ("give_opinion(name[SpellForce 3], rating[poor], player_perspective[bird view], platforms[PC, Xbox])", True),
+        ("give_opinion(name[SpellForce 3], rating[poor], player_perspective[bird view], platforms[Xbox, PC])", True),
         ("confirm(name[Shadow of the Tomb Raider], developer[Eidos Montréal])", True),
         ("inform(rating[poor], name[SpellForce 3])", False),  # out of canonical order
         ("inform(rating[awesome])", False),  # closed value set

@@ -141,11 +141,22 @@ def test_aggregate_hand_computed():
     assert m.per_function["request"].function_name_accuracy == 1.0
 
     assert list(m.per_attribute) == ["name", "release_year", "esrb", "rating", "specifier"]
-    assert m.per_attribute["name"] == AttributeStats(n=3, presence_rate=pytest.approx(2 / 3), value_accuracy=pytest.approx(2 / 3))
-    assert m.per_attribute["release_year"] == AttributeStats(n=2, presence_rate=0.5, value_accuracy=0.5)
-    assert m.per_attribute["rating"] == AttributeStats(n=2, presence_rate=1.0, value_accuracy=1.0)
-    assert m.per_attribute["specifier"] == AttributeStats(n=1, presence_rate=1.0, value_accuracy=0.0)
-    assert m.per_attribute["esrb"] == AttributeStats(n=1, presence_rate=0.0, value_accuracy=0.0)
+    assert m.per_attribute["name"] == AttributeStats(n=3, presence_rate=pytest.approx(2 / 3), value_accuracy=pytest.approx(2 / 3), predicted=2)
+    assert m.per_attribute["release_year"] == AttributeStats(n=2, presence_rate=0.5, value_accuracy=0.5, predicted=1)
+    assert m.per_attribute["rating"] == AttributeStats(n=2, presence_rate=1.0, value_accuracy=1.0, predicted=2)
+    assert m.per_attribute["specifier"] == AttributeStats(n=1, presence_rate=1.0, value_accuracy=0.0, predicted=1)
+    assert m.per_attribute["esrb"] == AttributeStats(n=1, presence_rate=0.0, value_accuracy=0.0, predicted=0)
+
+
+def test_attribute_precision_counts_predictions_the_reference_lacks():
+    _, m, _ = score_all(
+        ["inform(name[A], rating[good])", "inform(name[B], rating[poor])", "inform(name[C])"],
+        ["inform(name[A], rating[good])", "inform(name[B])", "inform(name[C], esrb[T (for Teen)])"],
+    )
+    assert (m.per_attribute["rating"].predicted, m.per_attribute["rating"].precision, m.per_attribute["rating"].recall) == (2, 0.5, 1.0)
+    assert (m.per_attribute["esrb"].precision, m.per_attribute["esrb"].recall) == (1.0, 0.0)
+    only_predicted = score_all(["inform(name[A], specifier[odd])"], ["inform(name[A])"])[1].per_attribute["specifier"]
+    assert (only_predicted.n, only_predicted.predicted, only_predicted.precision) == (0, 1, 0.0)
 
 
 def test_confusion_matrix_hand_computed():

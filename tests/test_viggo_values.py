@@ -37,6 +37,7 @@ def test_kinds_are_decided_from_the_training_data(learned):
     assert learned.of("release_year").max_units == 1
     assert learned.of("specifier").copy_rate == 1.0
     assert learned.of("no_such_attribute").kind == "free"
+    assert learned.of("genres").ordered and learned.of("platforms").ordered
     assert ValueSets.from_json(json.loads(json.dumps(learned.to_json()))) == learned
 
 
@@ -46,6 +47,16 @@ def test_toy_data_decides_differently():
     learned = learn_value_sets(pairs)
     assert learned.of("name").kind == "copy" and learned.of("name").max_units == 2
     assert learned.of("rating").kind == "closed" and learned.of("rating").values == ("good", "poor")
+
+
+def test_item_order_is_consistent_with_every_training_list():
+    from parsetune.tasks.viggo_values import item_order
+
+    assert item_order([["b", "c"], ["a", "c"], ["a", "b"]]) == ("a", "b", "c")
+    assert item_order([["x"], ["b", "c"], ["a"]]) == ("x", "b", "c", "a")  # unrelated items: first seen first
+    assert item_order([["a", "b"], ["b", "a"]]) is None  # contradicting lists
+    assert item_order([["a", "b", "a"]]) is None  # a repeated item
+    assert item_order([["a", "b"], ["b", "c"], ["c", "a"]]) is None  # a cycle over three lists
 
 
 def test_spans_are_runs_of_words_and_punctuation_as_written():
@@ -92,6 +103,9 @@ def test_grounded_grammar_allows_only_spans_of_the_sentence(tokenizer, learned):
     assert not _accepts(tokenizer, grounded, "inform(name[Portal 2])")  # another sentence's name
     assert not _accepts(tokenizer, grounded, "inform(release_year[2007 by])")  # longer than training's longest year
     assert not _accepts(tokenizer, grounded, "inform(rating[controversial])")  # closed attributes unchanged
+    assert _accepts(tokenizer, grounded, "inform(genres[shooter, tactical])")
+    assert not _accepts(tokenizer, grounded, "inform(genres[shooter, tactical, shooter])")  # repeated item
+    assert not _accepts(tokenizer, grounded, "inform(genres[tactical, shooter])")  # against training's order
     free = viggo_lark(learned)  # the same sets without a sentence: copied values are free text
     assert _accepts(tokenizer, free, "inform(name[Portal 2], specifier[controversical])")
     assert not _accepts(tokenizer, free, "inform(rating[awesome])")

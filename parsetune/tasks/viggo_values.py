@@ -8,7 +8,10 @@ ViGGO attributes come in kinds that a parser can exploit:
   longest training value in units.
 - **closed**: one of a few values (``rating``, ``esrb``, the yes/no flags): every value seen in
   training.
-- **list**: comma-separated items from a closed set (``genres``, ``platforms``, ...).
+- **list**: comma-separated items from a closed set (``genres``, ``platforms``, ...). When no
+  training list repeats an item and every pair of items that occur together always comes in the
+  same order, the list is **ordered**: ``values`` holds the items in an order consistent with every
+  training list, and a list may only name items in that order, each at most once.
 - **free**: anything else (no brackets); also every attribute the training split never shows.
 
 ``learn_value_sets`` decides the kind of each attribute from the data alone (thresholds below), so
@@ -43,6 +46,7 @@ class AttributeValues:
     max_units: int = 0  # copy: the longest value, in units
     copy_rate: float = 0.0  # share of training values that were spans of their sentence (measured)
     seen: int = 0  # training occurrences with a non-empty value
+    ordered: bool = False  # list: items only in the order of ``values``, none repeated
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind, "seen": self.seen, "copy_rate": self.copy_rate}
@@ -50,6 +54,8 @@ class AttributeValues:
             data["max_units"] = self.max_units
         if self.kind in ("closed", "list"):
             data["values"] = list(self.values)
+        if self.kind == "list":
+            data["ordered"] = self.ordered
         return data
 
     @classmethod
@@ -63,6 +69,7 @@ class AttributeValues:
             max_units=int(data.get("max_units", 0)),
             copy_rate=float(data.get("copy_rate", 0.0)),
             seen=int(data.get("seen", 0)),
+            ordered=bool(data.get("ordered", False)),
         )
 
 
@@ -140,12 +147,43 @@ def learn_value_sets(examples: Iterable[tuple[str, str]]) -> ValueSets:
         values = Counter(value for _, value in pairs)
         items = Counter(item for value in values.elements() for item in value.split(LIST_SEPARATOR))
         if len(items) < len(values) and len(items) <= CLOSED_MAX_DISTINCT_RATE * seen:
-            learned[name] = AttributeValues("list", tuple(sorted(items)), copy_rate=copy_rate, seen=seen)
+            order = item_order([value.split(LIST_SEPARATOR) for _, value in pairs])
+            listed = order if order is not None else tuple(sorted(items))
+            learned[name] = AttributeValues("list", listed, copy_rate=copy_rate, seen=seen, ordered=order is not None)
         elif len(values) <= CLOSED_MAX_DISTINCT_RATE * seen:
             learned[name] = AttributeValues("closed", tuple(sorted(values)), copy_rate=copy_rate, seen=seen)
         else:
             learned[name] = AttributeValues("free", copy_rate=copy_rate, seen=seen)
     return ValueSets(learned)
+
+
+def item_order(lists: list[list[str]]) -> tuple[str, ...] | None:
+    """One order of all items consistent with every list (each item at most once per list, and two
+    items always in the same order when they meet); ``None`` when the lists admit none. Items never
+    seen together keep the order of their first appearance."""
+    first_seen: dict[str, int] = {}
+    after: dict[str, set[str]] = defaultdict(set)
+    for items in lists:
+        if len(set(items)) < len(items):
+            return None
+        for i, item in enumerate(items):
+            first_seen.setdefault(item, len(first_seen))
+            after[item].update(items[i + 1 :])
+    if any(a in after[b] for a in first_seen for b in after[a]):
+        return None
+    order: list[str] = []
+    waiting = {item: sum(item in after[other] for other in first_seen) for item in first_seen}
+    while waiting:
+        ready = [item for item, count in waiting.items() if count == 0]
+        if not ready:  # a longer cycle
+            return None
+        item = min(ready, key=first_seen.__getitem__)
+        order.append(item)
+        del waiting[item]
+        for later in after[item]:
+            if later in waiting:
+                waiting[later] -= 1
+    return tuple(order)
 
 
 def sentence_of(prompt: str, query_template: str) -> str:
