@@ -41,6 +41,7 @@ def test_score_viggo_writes_all_outputs(viggo_preds: Path, tmp_path: Path):
     assert sorted(p.name for p in out.iterdir()) == [
         "confusion_matrix.csv",
         "confusion_matrix.png",
+        "errors.json",
         "metrics.json",
         "per_example.jsonl",
     ]
@@ -63,6 +64,10 @@ def test_score_viggo_writes_all_outputs(viggo_preds: Path, tmp_path: Path):
     assert sum(int(r[empty_col]) for r in rows[1:]) == 10
     assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    errors = json.loads((out / "errors.json").read_text())
+    assert errors["misses"] == 10
+    assert errors["kinds"][0]["kind"] == "invalid MR" and errors["kinds"][0]["count"] == 10
+    assert len(errors["kinds"][0]["examples"]) == 2
 
 
 def test_score_json_task(tmp_path: Path):
