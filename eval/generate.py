@@ -107,10 +107,8 @@ def generate_predictions(
     model_dir = local_model_dir(model_dir)
     config = read_hf_config(model_dir)
 
-    from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from eval.decoding import GreedyDecoder, bucket_length
     from eval.generation_model import GenerationModel
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -118,34 +116,14 @@ def generate_predictions(
     model = GenerationModel.load(model_dir, dtype, model_axis_size)
     grounding = read_grounding(data_path) if constrain == "viggo" else None
     constraint = build_constraint(constrain, tokenizer, model.vocab_size, eos_ids, schema_path, grounding, ground_values)
-    prompts = [tokenizer(r.input)["input_ids"] for r in records]
-    for record, ids in zip(records, prompts):
-        if not ids:
-            raise UserError(f"{data_path}: row {record.id!r}: the prompt encodes to no tokens")
-    bucket = prompt_bucket(max(len(p) for p in prompts))
-    slots = bucket_length(max(len(p) for p in prompts), bucket) + max_new_tokens + draft_tokens
-    decoder = GreedyDecoder(model, eos_ids, pad_id, max_new_tokens, slots, bucket, draft_tokens)
-
-    order = sorted(range(len(records)), key=lambda i: len(prompts[i]))
-    predictions: list[str | None] = [None] * len(records)
-    eos_count = 0
-    start = time.perf_counter()
     import jax
 
     chief = jax.process_index() == 0
-    with tqdm(total=len(records), desc="generate", unit="ex", disable=not progress or not chief) as bar:
-        for first in range(0, len(order), batch_size):
-            rows = order[first : first + batch_size]
-            batch = [prompts[i] for i in rows]
-            batch += [batch[0]] * (batch_size - len(batch))  # a full batch keeps one compiled shape
-            if constraint is not None:
-                texts = [records[i].input for i in rows]
-                constraint.for_prompts(texts + [texts[0]] * (batch_size - len(texts)))
-            results = decoder.generate(batch, constraint)
-            for i, result in zip(rows, results):
-                predictions[i] = tokenizer.decode(result.tokens, skip_special_tokens=True).strip()
-                eos_count += result.stopped_at_eos
-            bar.update(len(rows))
+    start = time.perf_counter()
+    predictions, eos_count, decode_stats = decode_records(
+        model, tokenizer, records, eos_ids, pad_id, constraint, batch_size, max_new_tokens, draft_tokens,
+        progress=progress and chief, where=data_path,
+    )  # fmt: skip
     seconds = time.perf_counter() - start
     lines = [
         json.dumps({"id": r.id, "input": r.input, "reference": r.output, "prediction": p}, ensure_ascii=False)
@@ -158,6 +136,52 @@ def generate_predictions(
         seconds,
         len(records) / seconds if seconds else 0.0,
         eos_count,
-        round(decoder.stats.tokens_per_step, 2),
+        round(decode_stats.tokens_per_step, 2),
         describe_constraint(constrain, constraint),
     )
+
+
+def decode_records(
+    model,
+    tokenizer,
+    records: list[PreparedRecord],
+    eos_ids: list[int],
+    pad_id: int,
+    constraint,
+    batch_size: int,
+    max_new_tokens: int,
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+    progress: bool = False,
+    where: str = "data",
+):
+    """Greedy (optionally constrained) predictions for ``records`` in their order, decoded in
+    batches of similar prompt length: ``(predictions, rows that ended at EOS, DecodeStats)``.
+    ``model`` is a ``GenerationModel`` (loaded from a checkpoint, or the trainer's model in training)."""
+    from tqdm import tqdm
+
+    from eval.decoding import GreedyDecoder, bucket_length
+
+    prompts = [tokenizer(r.input)["input_ids"] for r in records]
+    for record, ids in zip(records, prompts):
+        if not ids:
+            raise UserError(f"{where}: row {record.id!r}: the prompt encodes to no tokens")
+    bucket = prompt_bucket(max(len(p) for p in prompts))
+    slots = bucket_length(max(len(p) for p in prompts), bucket) + max_new_tokens + draft_tokens
+    decoder = GreedyDecoder(model, eos_ids, pad_id, max_new_tokens, slots, bucket, draft_tokens)
+    order = sorted(range(len(records)), key=lambda i: len(prompts[i]))
+    predictions: list[str] = [""] * len(records)
+    eos_count = 0
+    with tqdm(total=len(records), desc="generate", unit="ex", disable=not progress) as bar:
+        for first in range(0, len(order), batch_size):
+            rows = order[first : first + batch_size]
+            batch = [prompts[i] for i in rows]
+            batch += [batch[0]] * (batch_size - len(batch))  # a full batch keeps one compiled shape
+            if constraint is not None:
+                texts = [records[i].input for i in rows]
+                constraint.for_prompts(texts + [texts[0]] * (batch_size - len(texts)))
+            results = decoder.generate(batch, constraint)
+            for i, result in zip(rows, results):
+                predictions[i] = tokenizer.decode(result.tokens, skip_special_tokens=True).strip()
+                eos_count += result.stopped_at_eos
+            bar.update(len(rows))
+    return predictions, eos_count, decoder.stats

@@ -83,9 +83,32 @@ class GenerationModel:
             model = hax.named_jit(decode_layout, axis_resources=params)(model)
         return cls(model, mesh, mapping, int(model.Vocab.size), jdtype)
 
+    @classmethod
+    def from_trainer(cls, model, mesh) -> "GenerationModel":
+        """The trainer's model (LoRA merged, layers stacked) on the trainer's mesh (axes replica,
+        data, model), ready to decode: the batch over replica × data; heads, KV heads and the MLP
+        over model where their sizes divide it (else replicated)."""
+        import haliax as hax
+        import jax
+
+        from eval.cached_model import decode_layout
+
+        model_size = int(mesh.shape.get("model", 1))
+        config = model.config
+        sizes = {"heads": config.num_heads, "kv_head": config.num_kv_heads, "mlp": config.intermediate_dim}
+        params = {axis: "model" for axis in MODEL_AXES if model_size > 1 and sizes[axis] % model_size == 0}
+        batch = tuple(a for a in ("replica", "data") if a in mesh.shape)
+        mapping = {**params, "batch": batch}
+        with hax.partitioning.set_mesh(mesh), hax.axis_mapping(params):
+            model = hax.named_jit(decode_layout, axis_resources=params)(model)
+        dtype = jax.tree_util.tree_leaves(model.embeddings)[0].dtype
+        return cls(model, mesh, mapping, int(model.Vocab.size), dtype)
+
     @property
     def data_axis_size(self) -> int:
-        return int(self.mesh.shape["data"])
+        """Devices the batch is split over."""
+        batch = self.mapping.get("batch", "data")
+        return int(np.prod([self.mesh.shape[a] for a in (batch if isinstance(batch, tuple) else (batch,))]))
 
     def to_global(self, array: np.ndarray, axes: tuple[str, ...]):
         """A host numpy array (identical on every process) as a NamedArray on the mesh."""

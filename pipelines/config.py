@@ -158,6 +158,17 @@ class EvalSection:
     grounding: bool = True  # viggo: copied attributes only as spans of the row's sentence (parsetune.tasks.viggo_values)
 
 
+@dataclass(frozen=True)
+class TaskEvalConfig:
+    """Task metrics during training (pipelines/task_eval.py): at every eval step, greedy constrained
+    generation on a fixed validation subset, scored like the final evaluation."""
+
+    examples: int = 64  # validation rows decoded at each eval step (0: off)
+    batch_size: int = 32
+    max_new_tokens: int = 96
+    draft_tokens: int = 2
+
+
 @dataclass
 class TrainConfig:
     model: str = "models/smollm2-135m-instruct"  # HF checkpoint: local dir, gs://bucket/path, or hub id
@@ -169,6 +180,7 @@ class TrainConfig:
     epochs: Optional[float] = None  # if set, overrides trainer.num_train_steps
     export: bool = True  # write RUN_DIR/hf (and RUN_DIR/adapter for LoRA) at the end
     compute: "ComputeConfig" = field(default_factory=lambda: ComputeConfig())
+    task_eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
     wandb_mode: str = "offline"  # offline | online | disabled
     tpu: Optional[TpuSection] = None  # where the job runs (parsetune tpu); ignored by training
     prep: PrepSection = field(default_factory=PrepSection)  # parsetune run only

@@ -234,6 +234,11 @@ def train(config: TrainConfig) -> TrainResult:
         if prepared.validation is not None:
             batches = eval_batches(prepared.validation, batch, Pos, trainer.TrainBatch)
             trainer.add_hook(EvalLoss(log, batches, trainer.compute_axis_mapping, config.trainer.steps_per_eval, show=chief), every=1)
+            from pipelines.task_eval import task_metrics_hook
+
+            task_metrics = task_metrics_hook(config, log, converter.tokenizer, model.Vocab.size, trainer.device_mesh, show=chief)
+            if task_metrics is not None:
+                trainer.add_hook(task_metrics, every=1)
 
         if os.environ.get(KILL_AFTER_STEP_ENV):
             trainer.add_hook(KillAfterStep(int(os.environ[KILL_AFTER_STEP_ENV]), checkpointer), every=1)

@@ -44,6 +44,7 @@ def tiny_config(path: Path, model: Path, data: Path, run_dir: Path, method: dict
         "optimizer": {"learning_rate": 5e-3, "weight_decay": 0.0, "warmup": 0.0},
         "run_dir": str(run_dir),
         "wandb_mode": "offline",
+        "task_eval": {"examples": 0},  # generation during training: its own test (test_task_eval.py)
     }
     path.write_text(yaml.safe_dump(config))
     return path
