@@ -172,7 +172,7 @@ def _run_score(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_DRAFT_TOKENS = 2  # eval.generate.DEFAULT_DRAFT_TOKENS (not imported: --help stays fast)
+DEFAULT_DRAFT_TOKENS = 0  # eval.generate.DEFAULT_DRAFT_TOKENS (not imported: --help stays fast)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -216,7 +216,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument(
         "--draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS, metavar="K",
         help="prompt lookup: check up to K tokens copied from the row's own prompt/output in each decode step "
-        f"(same outputs, fewer steps; 0 = one token per step) [{DEFAULT_DRAFT_TOKENS}]",
+        f"(same outputs, fewer steps; pays only where a decode step is memory-bound, e.g. TPU; 0 = one token per step) [{DEFAULT_DRAFT_TOKENS}]",
     )
     gen.add_argument(
         "--hosts", type=int, default=None, metavar="N",

@@ -22,7 +22,7 @@ from parsetune.errors import UserError
 from parsetune.records import PreparedRecord, read_prepared
 
 
-DEFAULT_DRAFT_TOKENS = 2  # prompt lookup: draft tokens checked per decode step (eval.decoding; docs/benchmarks.md)
+DEFAULT_DRAFT_TOKENS = 0  # prompt lookup off: on CPU a fine-tuned, constrained model gains ~1.2 tokens per step, less than the wider step costs (docs/benchmarks.md)
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,7 @@ class EvalSection:
     limit: Optional[int] = None  # first N rows only (quick runs)
     dtype: str = "auto"  # float32 | bfloat16 | auto (bfloat16 on TPU, float32 elsewhere)
     model_axis_size: int = 1  # devices per model shard (heads, kv_head, mlp); the rest shard the batch
-    draft_tokens: int = 2  # prompt lookup: draft tokens checked per decode step (0: one token per step)
+    draft_tokens: int = 0  # prompt lookup: draft tokens checked per decode step (0: one token per step; docs/benchmarks.md)
     grounding: bool = True  # viggo: copied attributes only as spans of the row's sentence (parsetune.tasks.viggo_values)
 
 
@@ -166,7 +166,7 @@ class TaskEvalConfig:
     examples: int = 64  # validation rows decoded at each eval step (0: off)
     batch_size: int = 32
     max_new_tokens: int = 96
-    draft_tokens: int = 2
+    draft_tokens: int = 0
 
 
 @dataclass
