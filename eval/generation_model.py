@@ -15,7 +15,7 @@ model on ``eval.cached_model``'s cache, then a greedy pick among the tokens a pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,6 @@ class GenerationModel:
     mapping: dict[str, str]
     vocab_size: int
     dtype: Any
-    _zero_caches: dict = field(default_factory=dict, repr=False)  # (batch, slots) -> compiled cache init
 
     @classmethod
     def load(cls, model_dir: str, dtype: str = "auto", model_axis_size: int = 1) -> "GenerationModel":
@@ -62,7 +61,6 @@ class GenerationModel:
         import jax.numpy as jnp
         from jax.sharding import Mesh
 
-        from eval.cached_model import decode_layout
         from parsetune.model_families import check_generates, converter_for_checkpoint
 
         dtype = resolve_dtype(dtype)
@@ -80,7 +78,7 @@ class GenerationModel:
         jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
         with hax.partitioning.set_mesh(mesh), hax.axis_mapping(params):
             model = converter.load_pretrained(config.model_type, config=config, axis_mapping=params, dtype=jdtype)
-            model = hax.named_jit(decode_layout, axis_resources=params)(model)
+            model = _relayout(model)
         return cls(model, mesh, mapping, int(model.Vocab.size), jdtype)
 
     @classmethod
@@ -91,8 +89,6 @@ class GenerationModel:
         import haliax as hax
         import jax
 
-        from eval.cached_model import decode_layout
-
         model_size = int(mesh.shape.get("model", 1))
         config = model.config
         sizes = {"heads": config.num_heads, "kv_head": config.num_kv_heads, "mlp": config.intermediate_dim}
@@ -100,7 +96,7 @@ class GenerationModel:
         batch = tuple(a for a in ("replica", "data") if a in mesh.shape)
         mapping = {**params, "batch": batch}
         with hax.partitioning.set_mesh(mesh), hax.axis_mapping(params):
-            model = hax.named_jit(decode_layout, axis_resources=params)(model)
+            model = _relayout(model)  # compiled once per mapping: the task metrics call this at every eval
         dtype = jax.tree_util.tree_leaves(model.embeddings)[0].dtype
         return cls(model, mesh, mapping, int(model.Vocab.size), dtype)
 
@@ -146,12 +142,12 @@ class GenerationModel:
 
         if batch % self.data_axis_size:
             raise UserError(f"--batch-size {batch} must be a multiple of the data axis ({self.data_axis_size} devices)")
-        key = (batch, slots)
-        if key not in self._zero_caches:  # one traced function per shape, not one per batch
+        key = (batch, slots, str(self.dtype), tuple(sorted(self.mapping.items())))
+        if key not in _ZERO_CACHES:  # one compiled function per shape and layout, not one per batch or model
             zeros = lambda m: hax.shard(KvCache.zeros(m, batch, slots, self.dtype))  # noqa: E731
-            self._zero_caches[key] = hax.named_jit(zeros, axis_resources=self.mapping)
+            _ZERO_CACHES[key] = hax.named_jit(zeros, axis_resources=self.mapping)
         with self._context():
-            return self._zero_caches[key](self.model)
+            return _ZERO_CACHES[key](self.model)
 
     def prefill(self, tokens_BxT: np.ndarray, pad_B: np.ndarray, cache, bitmask_BxW: np.ndarray):
         """Fill cache slots ``[0, T)``; each row's first pick (global ``[batch]``) and the cache."""
@@ -224,5 +220,13 @@ def _jit(fn, donate):
     return call
 
 
+def _decode_layout_fn(model):
+    from eval.cached_model import decode_layout
+
+    return decode_layout(model)
+
+
+_ZERO_CACHES: dict = {}  # (batch, slots, dtype, mapping) -> compiled cache init
+_relayout = _jit(_decode_layout_fn, (False,))
 _prefill = _jit(_prefill_fn, (False, False, False, True, False))
 _step = _jit(_step_fn, (False, False, False, False, True, False))
