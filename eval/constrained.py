@@ -166,6 +166,8 @@ class GrammarConstraint:
         eos_ids: Sequence[int],
         closing_chars: str = "",
         finish_window: int = 16,
+        row_grammar: Callable[[str], str] | None = None,
+        description: str = "",
     ) -> None:
         import llguidance
 
@@ -177,9 +179,9 @@ class GrammarConstraint:
         self.grammar = grammar
         self.eos_ids = list(eos_ids)
         self.matchers: list[Any] = []
-        self.row_grammar: Callable[[str], str] | None = None  # prompt -> that row's grammar (grounding)
+        self.row_grammar = row_grammar  # prompt -> that row's grammar (grounding); None: one grammar for all
         self._row_grammars: list[str] | None = None
-        self.values: ValueSets | None = None  # viggo: the learned value sets in use
+        self.description = description  # what restricts the output, in one line (logs, reports)
         self.finish_window = finish_window
         self.closing_masks_W = _closing_masks(self.tokenizer, vocab_size, closing_chars.encode(), self.eos_ids)
 
@@ -257,38 +259,35 @@ def build_constraint(
         return None
     import llguidance
 
+    row_grammar: Callable[[str], str] | None = None
     if kind == "viggo":
         values = grounding.values if grounding else None
         grammar = llguidance.LLMatcher.grammar_from_lark(viggo_lark(values))
         closing = "])"
+        if grounding is not None and ground_values and grounding.values.copied():
+            learned = grounding
+
+            def grounded_grammar(prompt: str) -> str:
+                return llguidance.LLMatcher.grammar_from_lark(viggo_lark(learned.values, learned.sentence(prompt)))
+
+            row_grammar = grounded_grammar
+        description = _describe_viggo(values, grounded=row_grammar is not None)
     elif kind == "json-schema":
         if schema_path is None:
             raise UserError("--constrain json-schema needs a schema FILE")
         grammar = json_schema_grammar(schema_path)
         closing = '"]}'
+        description = f"json-schema ({schema_path})"
     else:
         raise UserError(f"unknown constraint {kind!r}; expected one of {', '.join(CONSTRAINTS)}")
-    constraint = GrammarConstraint(hf_tokenizer, grammar, vocab_size, eos_ids, closing_chars=closing)
-    constraint.values = grounding.values if kind == "viggo" and grounding is not None else None
-    if kind == "viggo" and grounding is not None and ground_values and grounding.values.copied():
-        learned = grounding
-
-        def row_grammar(prompt: str) -> str:
-            return llguidance.LLMatcher.grammar_from_lark(viggo_lark(learned.values, learned.sentence(prompt)))
-
-        constraint.row_grammar = row_grammar
-    return constraint
+    return GrammarConstraint(
+        hf_tokenizer, grammar, vocab_size, eos_ids, closing_chars=closing, row_grammar=row_grammar, description=description
+    )
 
 
-def describe_constraint(kind: str | None, constraint: GrammarConstraint | None) -> str:
-    """One line saying what restricted the output (for logs, reports and API responses)."""
-    if kind is None or constraint is None:
-        return "none"
-    if kind != "viggo":
-        return kind
-    if constraint.values is None:
+def _describe_viggo(values: ValueSets | None, grounded: bool) -> str:
+    if values is None:
         return "viggo (structure only: no learned value sets beside the data)"
-    kinds = {k: [a for a, v in constraint.values.attributes.items() if v.kind == k] for k in ("copy", "closed", "list")}
-    copied = ", ".join(kinds["copy"])
-    grounded = f"spans of the sentence for {copied}" if constraint.row_grammar is not None and copied else "copied values free"
-    return f"viggo ({grounded}; training values for {len(kinds['closed']) + len(kinds['list'])} closed/list attributes)"
+    of_kind = lambda kind: [a for a, v in values.attributes.items() if v.kind == kind]  # noqa: E731
+    copied = f"spans of the sentence for {', '.join(of_kind('copy'))}" if grounded else "copied values free"
+    return f"viggo ({copied}; training values for {len(of_kind('closed')) + len(of_kind('list'))} closed/list attributes)"

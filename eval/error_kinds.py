@@ -18,6 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
+from eval.viggo_metrics import value_map
 from parsetune.tasks.viggo_mr import collapse_ws, normalize, parse_mr
 
 
@@ -40,12 +41,9 @@ class ErrorKind:
         return {"kind": self.kind, "count": self.count, "examples": [vars(e) for e in self.examples]}
 
 
-def _values(mr) -> dict[str, tuple[str, str]]:
-    """normalized name -> (normalized value, value as written); first occurrence wins."""
-    out: dict[str, tuple[str, str]] = {}
-    for name, value in mr.attributes:
-        out.setdefault(normalize(name), (normalize(value), value))
-    return out
+def _as_written(mr) -> dict[str, str]:
+    """normalized name -> the value as written (first occurrence, as ``value_map`` counts it)."""
+    return {normalize(name): value for name, value in reversed(mr.attributes)}
 
 
 def classify(prediction: str, reference: str) -> list[tuple[str, str]]:
@@ -58,15 +56,15 @@ def classify(prediction: str, reference: str) -> list[tuple[str, str]]:
         kinds.append(("invalid MR", pred.error or "not well-formed"))
     if pred.function != ref.function:
         kinds.append(("wrong function", f"{ref.function} → {pred.function}"))
-    pred_values, ref_values = _values(pred), _values(ref)
-    for name, (value, written) in ref_values.items():
+    pred_values, ref_values = value_map(pred), value_map(ref)  # compared as the metrics compare them
+    pred_written, ref_written = _as_written(pred), _as_written(ref)
+    for name, value in ref_values.items():
         if name not in pred_values:
-            kinds.append((f"missing {name}", f"{name}[{written}] left out"))
-        elif pred_values[name][0] != value:
-            kinds.append((f"wrong value of {name}", f"{name}[{pred_values[name][1]}] instead of [{written}]"))
-    for name, (_, written) in pred_values.items():
-        if name not in ref_values:
-            kinds.append((f"extra {name}", f"{name}[{written}] added"))
+            kinds.append((f"missing {name}", f"{name}[{ref_written[name]}] left out"))
+        elif pred_values[name] != value:
+            kinds.append((f"wrong value of {name}", f"{name}[{pred_written[name]}] instead of [{ref_written[name]}]"))
+    for name in (n for n in pred_values if n not in ref_values):
+        kinds.append((f"extra {name}", f"{name}[{pred_written[name]}] added"))
     return kinds or [("same content, other text", "differs only in case, spacing or order")]
 
 

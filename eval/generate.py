@@ -32,7 +32,7 @@ class GenerateStats:
     examples_per_second: float
     stopped_at_eos: int  # rows that ended with EOS; the rest hit max_new_tokens
     tokens_per_step: float = 1.0  # tokens each row gained per decode step (> 1: drafts accepted)
-    constraint: str = "none"  # what restricted the output (describe_constraint)
+    constraint: str = "none"  # what restricted the output (GrammarConstraint.description)
 
 
 def read_prompts(path: str, limit: int | None = None) -> list[PreparedRecord]:
@@ -82,7 +82,7 @@ def generate_predictions(
     ground_values: bool = True,
 ) -> GenerateStats:
     """Generate a prediction for every row of ``data_path`` and write them to ``out_path``."""
-    from eval.constrained import CONSTRAINTS, build_constraint, describe_constraint
+    from eval.constrained import CONSTRAINTS, build_constraint
     from parsetune.tasks.viggo_values import read_grounding
     from eval.model_cache import local_model_dir
 
@@ -137,7 +137,7 @@ def generate_predictions(
         len(records) / seconds if seconds else 0.0,
         eos_count,
         round(decode_stats.tokens_per_step, 2),
-        describe_constraint(constrain, constraint),
+        constraint.description if constraint is not None else "none",
     )
 
 

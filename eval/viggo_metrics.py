@@ -122,7 +122,7 @@ class ConfusionMatrix:
     counts: tuple[tuple[int, ...], ...]
 
 
-def _value_map(mr: MeaningRepresentation) -> dict[str, str]:
+def value_map(mr: MeaningRepresentation) -> dict[str, str]:
     """Attribute name -> normalized value, first occurrence wins."""
     out: dict[str, str] = {}
     for name, value in mr.attributes:
@@ -134,8 +134,8 @@ def score_example(prediction: str, reference: str) -> ExampleScore:
     """Score one prediction string against one reference MR string. Never raises."""
     pred = parse_mr(prediction)
     ref = parse_mr(reference)
-    pred_values = _value_map(pred)
-    ref_values = _value_map(ref)
+    pred_values = value_map(pred)
+    ref_values = value_map(ref)
 
     function_match = pred.function == ref.function and ref.function not in (EMPTY, OTHER)
     set_match = set(pred_values) == set(ref_values)
