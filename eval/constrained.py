@@ -102,9 +102,29 @@ def json_schema_grammar(schema_path: str) -> str:
         schema: Any = json.loads(text)
     except ValueError as err:
         raise UserError(f"{schema_path}: not valid JSON ({err})") from None
+    return schema_grammar(schema, schema_path)
+
+
+def schema_grammar(schema: Any, where: str = "schema") -> str:
+    """An llguidance grammar for compact JSON matching ``schema`` (a JSON Schema as a dict); a
+    ``UserError`` naming ``where`` when it is not a valid schema or llguidance cannot compile it."""
+    import jsonschema
+    import llguidance
+
     if not isinstance(schema, dict):
-        raise UserError(f"{schema_path}: a JSON Schema must be an object")
-    return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+        raise UserError(f"{where}: a JSON Schema must be an object")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as err:
+        raise UserError(f"{where}: not a valid JSON Schema ({err.message})") from None
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise UserError(f"{where}: unsupported JSON Schema ({str(err).splitlines()[0]})") from None
+    return grammar
+
+
+JSON_OBJECT_SCHEMA: dict = {"type": "object"}  # any JSON object (OpenAI's response_format json_object)
 
 
 def _set_bit(mask_W: np.ndarray, token: int) -> None:
@@ -168,11 +188,12 @@ class GrammarConstraint:
         finish_window: int = 16,
         row_grammar: Callable[[str], str] | None = None,
         description: str = "",
+        ll_tok=None,
     ) -> None:
         import llguidance
 
         self._llg = llguidance
-        self.tokenizer = ll_tokenizer(hf_tokenizer, vocab_size, eos_ids)
+        self.tokenizer = ll_tok if ll_tok is not None else ll_tokenizer(hf_tokenizer, vocab_size, eos_ids)
         error = llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer)
         if error:
             raise UserError(f"invalid constraint grammar: {error.splitlines()[0]}")
@@ -183,7 +204,10 @@ class GrammarConstraint:
         self._row_grammars: list[str] | None = None
         self.description = description  # what restricts the output, in one line (logs, reports)
         self.finish_window = finish_window
-        self.closing_masks_W = _closing_masks(self.tokenizer, vocab_size, closing_chars.encode(), self.eos_ids)
+        key = (id(self.tokenizer), vocab_size, closing_chars, tuple(self.eos_ids))
+        if key not in _CLOSING_MASKS:  # a scan of the whole vocabulary: once per tokenizer
+            _CLOSING_MASKS[key] = (self.tokenizer, _closing_masks(self.tokenizer, vocab_size, closing_chars.encode(), self.eos_ids))
+        self.closing_masks_W = _CLOSING_MASKS[key][1]
 
     def for_prompts(self, prompts: Sequence[str]) -> None:
         """Use each prompt's own grammar (``row_grammar``) for the rows of the next batch, in order;
@@ -205,11 +229,20 @@ class GrammarConstraint:
         for matcher in self.matchers[:rows]:
             matcher.reset()
 
+    def new_matcher(self, prompt: str | None = None):
+        """A fresh matcher for one row: the prompt's own grammar when the constraint has per-row
+        grammars (and a prompt is given), else the constraint's grammar."""
+        grammar = self.row_grammar(prompt) if self.row_grammar is not None and prompt is not None else self.grammar
+        return self._llg.LLMatcher(self.tokenizer, grammar, log_level=0)
+
     def fill_masks(self, row: int, drafts: Sequence[int], masks_TxW: np.ndarray, remaining: int) -> int:
         """``masks_TxW[0]``: the row's next token; ``masks_TxW[i]``: the token after draft tokens
         1..i, for as many drafts as the grammar accepts (that count is returned). The matcher is left
         where it was (drafts are consumed, then rolled back)."""
-        matcher = self.matchers[row]
+        return self.fill_matcher(self.matchers[row], drafts, masks_TxW, remaining)
+
+    def fill_matcher(self, matcher, drafts: Sequence[int], masks_TxW: np.ndarray, remaining: int) -> int:
+        """``fill_masks`` for a given matcher (one of this constraint's grammars)."""
         if matcher.is_error():  # cannot happen when every consumed token was allowed; end the row
             masks_TxW[0] = 0
             for eos in self.eos_ids:
@@ -239,6 +272,34 @@ class GrammarConstraint:
         self.matchers[row].consume_token(token)
 
 
+_CLOSING_MASKS: dict = {}  # (tokenizer id, vocab, closing chars, eos) -> (tokenizer kept alive, masks)
+
+
+class RowConstraints:
+    """A batch whose rows each have their own constraint (or none): a ``TokenConstraint`` over
+    ``(GrammarConstraint or None, prompt)`` pairs, one per row, e.g. the requests a server batches
+    together. A row without a constraint keeps the all-allowed mask."""
+
+    def __init__(self, rows: Sequence[tuple[GrammarConstraint | None, str]]) -> None:
+        self.rows = list(rows)
+        self.matchers: list[Any] = []
+
+    def start(self, rows: int) -> None:
+        if rows != len(self.rows):
+            raise ValueError(f"{len(self.rows)} row constraints for a batch of {rows}")
+        self.matchers = [c.new_matcher(prompt) if c is not None else None for c, prompt in self.rows]
+
+    def fill_masks(self, row: int, drafts: Sequence[int], masks_TxW: np.ndarray, remaining: int) -> int:
+        constraint = self.rows[row][0]
+        if constraint is None:
+            return min(len(drafts), masks_TxW.shape[0] - 1)
+        return constraint.fill_matcher(self.matchers[row], drafts, masks_TxW, remaining)
+
+    def consume(self, row: int, token: int) -> None:
+        if self.matchers[row] is not None:
+            self.matchers[row].consume_token(token)
+
+
 def build_constraint(
     kind: str | None,
     hf_tokenizer,
@@ -247,6 +308,7 @@ def build_constraint(
     schema_path: str | None = None,
     grounding: Grounding | None = None,
     ground_values: bool = True,
+    ll_tok=None,
 ) -> GrammarConstraint | None:
     """``None`` for no constraint, else a ``GrammarConstraint`` for ``viggo`` or ``json-schema``.
 
@@ -281,8 +343,9 @@ def build_constraint(
     else:
         raise UserError(f"unknown constraint {kind!r}; expected one of {', '.join(CONSTRAINTS)}")
     return GrammarConstraint(
-        hf_tokenizer, grammar, vocab_size, eos_ids, closing_chars=closing, row_grammar=row_grammar, description=description
-    )
+        hf_tokenizer, grammar, vocab_size, eos_ids, closing_chars=closing, row_grammar=row_grammar, description=description,
+        ll_tok=ll_tok,
+    )  # fmt: skip
 
 
 def _describe_viggo(values: ValueSets | None, grounded: bool) -> str:

@@ -1,8 +1,10 @@
-"""Batched greedy decoding with a KV cache: one compiled prefill, then compiled decode steps.
+"""Batched decoding with a KV cache: one compiled prefill, then compiled decode steps.
 
-``GreedyDecoder.generate(prompts)`` takes a batch of token-id lists, left-pads them into a prompt
+``BatchDecoder.generate(prompts)`` takes a batch of token-id lists, left-pads them into a prompt
 length bucketed to a multiple of ``bucket`` (few recompiles), and decodes greedily until every row
-has produced an EOS id or ``max_new_tokens`` tokens. The model is a ``GenerationModel`` (the
+has produced an EOS id or ``max_new_tokens`` tokens (or its own, lower ``limits``, or its
+``should_stop`` says so: a stop string, a client gone). With a ``Sampling`` (``eval.sampling``)
+rows draw their tokens at their own temperature / top-p instead (temperature 0 stays greedy). The model is a ``GenerationModel`` (the
 trainer's Levanter model on a device mesh, ``eval.generation_model``). The cache has a fixed number
 of slots chosen by the caller (the longest bucketed prompt of the whole job + ``max_new_tokens`` +
 ``draft_tokens``), so each decode step shape compiles once per batch size.
@@ -26,11 +28,12 @@ masks, so both share one code path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from eval.generation_model import GenerationModel
+from eval.sampling import Sampling
 
 
 class TokenConstraint(Protocol):
@@ -102,7 +105,7 @@ class DecodeStats:
         return self.tokens / self.row_steps if self.row_steps else 1.0
 
 
-class GreedyDecoder:
+class BatchDecoder:
     def __init__(
         self,
         model: GenerationModel,
@@ -123,9 +126,23 @@ class GreedyDecoder:
         self.draft_tokens = draft_tokens
         self.stats = DecodeStats()
 
-    def generate(self, prompts: Sequence[Sequence[int]], constraint: TokenConstraint | None = None) -> list[Generation]:
-        """Greedy continuations of ``prompts`` (one batch; every prompt non-empty)."""
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        constraint: TokenConstraint | None = None,
+        sampling: Sampling | None = None,
+        limits: Sequence[int] | None = None,
+        should_stop: Callable[[int, list[int]], bool] | None = None,
+    ) -> list[Generation]:
+        """Continuations of ``prompts`` (one batch; every prompt non-empty): greedy, or drawn per
+        ``sampling``. ``limits``: each row's own token budget (at most ``max_new_tokens``);
+        ``should_stop(row, tokens so far)``, asked after each kept token, ends a row early."""
         b, k = len(prompts), self.draft_tokens
+        if sampling is not None and k:
+            raise ValueError("prompt-lookup drafts check greedy picks: sampling needs draft_tokens 0")
+        limit = [self.max_new_tokens] * b if limits is None else [min(int(n), self.max_new_tokens) for n in limits]
+        if len(limit) != b or min(limit) < 1:
+            raise ValueError("one limit >= 1 per row")
         t = bucket_length(max(len(p) for p in prompts), self.bucket)
         if t + self.max_new_tokens + k > self.slots:
             raise ValueError(f"prompt of {t} tokens + {self.max_new_tokens} new + {k} draft exceeds the {self.slots} cache slots")
@@ -153,33 +170,35 @@ class GreedyDecoder:
                 history[row].append(token)
                 if constraint is not None:
                     constraint.consume(row, token)
-                if len(out[row]) >= self.max_new_tokens:
+                if len(out[row]) >= limit[row] or (should_stop is not None and should_stop(row, out[row])):
                     done[row] = True
                     return
 
         masks_BxTxW = np.full((b, 1, width), -1, np.int32)
         if constraint is not None:
             for row in range(b):
-                constraint.fill_masks(row, [], masks_BxTxW[row], self.max_new_tokens)
-        picked, cache = self.model.prefill(tokens_BxT, pad_B, cache, masks_BxTxW[:, 0])
+                constraint.fill_masks(row, [], masks_BxTxW[row], limit[row])
+        picked, cache = self.model.prefill(tokens_BxT, pad_B, cache, masks_BxTxW[:, 0], sampling)
         first = self.model.fetch(picked)
         for row in range(b):
             keep(row, [int(first[row])])
         start_B = np.full(b, t, np.int32)  # next cache slot of each row: its last kept token goes there
+        step = 0
         while not all(done):
-            drafts = [[] if done[r] else self._draft(history[r], self.max_new_tokens - len(out[r]) - 1) for r in range(b)]
+            step += 1
+            drafts = [[] if done[r] else self._draft(history[r], limit[r] - len(out[r]) - 1) for r in range(b)]
             width_t = k + 1 if any(drafts) else 1
             masks_BxTxW = np.full((b, width_t, width), -1, np.int32)
             if constraint is not None:
                 for row in range(b):
                     if not done[row]:
-                        allowed = constraint.fill_masks(row, drafts[row], masks_BxTxW[row], self.max_new_tokens - len(out[row]))
+                        allowed = constraint.fill_masks(row, drafts[row], masks_BxTxW[row], limit[row] - len(out[row]))
                         drafts[row] = drafts[row][:allowed]
             fed_BxT = np.full((b, width_t), self.pad_id, np.int32)
             for row in range(b):
                 fed_BxT[row, 0] = history[row][-1]
                 fed_BxT[row, 1 : 1 + len(drafts[row])] = drafts[row]
-            picked, cache = self.model.step(fed_BxT, pad_B, start_B, cache, masks_BxTxW)
+            picked, cache = self.model.step(fed_BxT, pad_B, start_B, cache, masks_BxTxW, sampling, step)
             picks_BxT = self.model.fetch(picked)
             self.stats.steps += 1
             for row in range(b):

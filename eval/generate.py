@@ -159,7 +159,7 @@ def decode_records(
     ``model`` is a ``GenerationModel`` (loaded from a checkpoint, or the trainer's model in training)."""
     from tqdm import tqdm
 
-    from eval.decoding import GreedyDecoder, bucket_length
+    from eval.decoding import BatchDecoder, bucket_length
 
     prompts = [tokenizer(r.input)["input_ids"] for r in records]
     for record, ids in zip(records, prompts):
@@ -167,7 +167,7 @@ def decode_records(
             raise UserError(f"{where}: row {record.id!r}: the prompt encodes to no tokens")
     bucket = prompt_bucket(max(len(p) for p in prompts))
     slots = bucket_length(max(len(p) for p in prompts), bucket) + max_new_tokens + draft_tokens
-    decoder = GreedyDecoder(model, eos_ids, pad_id, max_new_tokens, slots, bucket, draft_tokens)
+    decoder = BatchDecoder(model, eos_ids, pad_id, max_new_tokens, slots, bucket, draft_tokens)
     order = sorted(range(len(records)), key=lambda i: len(prompts[i]))
     predictions: list[str] = [""] * len(records)
     eos_count = 0

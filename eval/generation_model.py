@@ -149,22 +149,30 @@ class GenerationModel:
         with self._context():
             return _ZERO_CACHES[key](self.model)
 
-    def prefill(self, tokens_BxT: np.ndarray, pad_B: np.ndarray, cache, bitmask_BxW: np.ndarray):
-        """Fill cache slots ``[0, T)``; each row's first pick (global ``[batch]``) and the cache."""
+    def prefill(self, tokens_BxT: np.ndarray, pad_B: np.ndarray, cache, bitmask_BxW: np.ndarray, sampling=None):
+        """Fill cache slots ``[0, T)``; each row's first pick (global ``[batch]``) and the cache.
+        ``sampling`` (``eval.sampling.Sampling``): per-row temperature / top-p draws instead of greedy picks."""
         with self._context():
-            return _prefill(
+            args = (
                 self.model,
                 self.to_global(tokens_BxT, ("batch", "position")),
                 self.to_global(pad_B, ("batch",)),
                 cache,
                 self.to_global(bitmask_BxW, ("batch", "mask_word")),
             )
+            if sampling is None:
+                return _prefill(*args)
+            return _prefill_sampled(*args, *self._sampling_args(sampling, 0))
 
-    def step(self, tokens_BxT: np.ndarray, pad_B: np.ndarray, start_B: np.ndarray, cache, bitmask_BxTxW: np.ndarray):
+    def step(
+        self, tokens_BxT: np.ndarray, pad_B: np.ndarray, start_B: np.ndarray, cache, bitmask_BxTxW: np.ndarray,
+        sampling=None, step: int = 1,
+    ):  # fmt: skip
         """Feed ``T`` tokens per row, row ``b`` at cache slots ``start_B[b] ..``; the pick after each
-        of them (global ``[batch, position]``: the next token, then the checks of draft tokens) and the cache."""
+        of them (global ``[batch, position]``: the next token, then the checks of draft tokens) and the cache.
+        With ``sampling``, the picks are draws (``step`` numbers the draw, for its random key)."""
         with self._context():
-            return _step(
+            args = (
                 self.model,
                 self.to_global(tokens_BxT, ("batch", "position")),
                 self.to_global(pad_B, ("batch",)),
@@ -172,6 +180,16 @@ class GenerationModel:
                 cache,
                 self.to_global(bitmask_BxTxW, ("batch", "position", "mask_word")),
             )
+            if sampling is None:
+                return _step(*args)
+            return _step_sampled(*args, *self._sampling_args(sampling, step))
+
+    def _sampling_args(self, sampling, step: int) -> tuple:
+        return (
+            self.to_global(sampling.temperature_B, ("batch",)),
+            self.to_global(sampling.top_p_B, ("batch",)),
+            self.to_global(sampling.step_seeds(step), ("batch",)),
+        )
 
 
 def _pick(logits, bitmask):
@@ -204,6 +222,24 @@ def _step_fn(model, tokens, pad, start, cache, bitmask):
     return _pick(logits, bitmask), cache
 
 
+def _prefill_sampled_fn(model, tokens, pad, cache, bitmask, temperature, top_p, seed):
+    import haliax as hax
+
+    from eval.cached_model import forward_cached
+    from eval.sampling import sample_pick
+
+    logits, cache = forward_cached(model, tokens, pad, hax.zeros_like(pad), cache, last_only=True)
+    return sample_pick(logits, bitmask, temperature, top_p, seed), cache
+
+
+def _step_sampled_fn(model, tokens, pad, start, cache, bitmask, temperature, top_p, seed):
+    from eval.cached_model import forward_cached
+    from eval.sampling import sample_pick
+
+    logits, cache = forward_cached(model, tokens, pad, start, cache, last_only=False)
+    return sample_pick(logits, bitmask, temperature, top_p, seed), cache
+
+
 def _jit(fn, donate):
     """``haliax.named_jit`` under the mesh and axis mapping in context at call time."""
     import haliax as hax
@@ -230,3 +266,5 @@ _ZERO_CACHES: dict = {}  # (batch, slots, dtype, mapping) -> compiled cache init
 _relayout = _jit(_decode_layout_fn, (False,))
 _prefill = _jit(_prefill_fn, (False, False, False, True, False))
 _step = _jit(_step_fn, (False, False, False, False, True, False))
+_prefill_sampled = _jit(_prefill_sampled_fn, (False, False, False, True, False, False, False, False))
+_step_sampled = _jit(_step_sampled_fn, (False, False, False, False, True, False, False, False, False))

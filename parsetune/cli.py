@@ -15,6 +15,7 @@ from parsetune.errors import UserError
 
 def build_parser() -> argparse.ArgumentParser:
     from eval.cli import register as register_eval
+    from eval.serve.cli import register as register_serve
     from infra.cli import register as register_tpu
     from pipelines.cli import register as register_pipelines
     from prep.cli import register as register_prep
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_prep(subparsers)
     register_pipelines(subparsers)
     register_eval(subparsers)
+    register_serve(subparsers)
     register_tpu(subparsers)
     return parser
 

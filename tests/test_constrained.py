@@ -91,11 +91,11 @@ PROMPTS = [
 def test_random_model_constrained_outputs_all_parse(tiny, max_new_tokens):
     """Random weights + the grammar: every row is a valid MR ending in EOS, even with a tight budget."""
     from eval.constrained import build_constraint
-    from eval.decoding import GreedyDecoder
+    from eval.decoding import BatchDecoder
 
     tokenizer, model = tiny
     constraint = build_constraint("viggo", tokenizer, model.vocab_size, [2])
-    decoder = GreedyDecoder(model, [2], 0, max_new_tokens, slots=64 + max_new_tokens)
+    decoder = BatchDecoder(model, [2], 0, max_new_tokens, slots=64 + max_new_tokens)
     results = decoder.generate([tokenizer(p)["input_ids"] for p in PROMPTS], constraint)
     for r in results:
         text = tokenizer.decode(r.tokens, skip_special_tokens=True)
@@ -107,14 +107,14 @@ def test_constrained_prompt_lookup_equals_one_token_steps(tiny):
     """Drafts under the grammar: masks after each allowed draft token, the matcher rolled back; the
     outputs are those of one-token steps."""
     from eval.constrained import build_constraint
-    from eval.decoding import GreedyDecoder
+    from eval.decoding import BatchDecoder
 
     tokenizer, model = tiny
     prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
     outputs = []
     for draft_tokens in (0, 4):
         constraint = build_constraint("viggo", tokenizer, model.vocab_size, [2])
-        decoder = GreedyDecoder(model, [2], 0, 60, slots=64 + 60 + draft_tokens, draft_tokens=draft_tokens)
+        decoder = BatchDecoder(model, [2], 0, 60, slots=64 + 60 + draft_tokens, draft_tokens=draft_tokens)
         outputs.append([(r.tokens, r.stopped_at_eos) for r in decoder.generate(prompts, constraint)])
         if draft_tokens:
             assert decoder.stats.drafted > 0, decoder.stats
@@ -125,7 +125,7 @@ def test_json_schema_constraint_yields_valid_json(tiny, tmp_path):
     import jsonschema
 
     from eval.constrained import build_constraint
-    from eval.decoding import GreedyDecoder
+    from eval.decoding import BatchDecoder
 
     schema = {
         "type": "object",
@@ -137,7 +137,7 @@ def test_json_schema_constraint_yields_valid_json(tiny, tmp_path):
     path.write_text(json.dumps(schema))
     tokenizer, model = tiny
     constraint = build_constraint("json-schema", tokenizer, model.vocab_size, [2], str(path))
-    decoder = GreedyDecoder(model, [2], 0, 96, slots=160)
+    decoder = BatchDecoder(model, [2], 0, 96, slots=160)
     for r in decoder.generate([tokenizer(p)["input_ids"] for p in PROMPTS[:3]], constraint):
         text = tokenizer.decode(r.tokens, skip_special_tokens=True)
         assert r.stopped_at_eos, text

@@ -71,11 +71,11 @@ def _hf_greedy(hf, prompts, max_new_tokens):
 
 
 def test_greedy_equals_hf_generate_token_for_token(hf, jax_model):
-    from eval.decoding import GreedyDecoder
+    from eval.decoding import BatchDecoder
 
     tok, _ = hf
     expected = _hf_greedy(hf, PROMPTS, 24)
-    decoder = GreedyDecoder(jax_model, eos_ids=[2], pad_id=0, max_new_tokens=24, slots=128)
+    decoder = BatchDecoder(jax_model, eos_ids=[2], pad_id=0, max_new_tokens=24, slots=128)
     got = decoder.generate([tok(p)["input_ids"] for p in PROMPTS])
     assert [g.tokens + [2] * g.stopped_at_eos for g in got] == expected
 
@@ -83,11 +83,11 @@ def test_greedy_equals_hf_generate_token_for_token(hf, jax_model):
 def test_prompt_lookup_keeps_drafts_and_equals_hf(hf, jax_model):
     """The random tiny model repeats itself, so drafts copied from its own output are kept: several
     tokens per step, and still exactly HF's greedy tokens."""
-    from eval.decoding import GreedyDecoder
+    from eval.decoding import BatchDecoder
 
     tok, _ = hf
     expected = _hf_greedy(hf, PROMPTS, 24)
-    decoder = GreedyDecoder(jax_model, eos_ids=[2], pad_id=0, max_new_tokens=24, slots=160, draft_tokens=4)
+    decoder = BatchDecoder(jax_model, eos_ids=[2], pad_id=0, max_new_tokens=24, slots=160, draft_tokens=4)
     got = decoder.generate([tok(p)["input_ids"] for p in PROMPTS])
     assert [g.tokens + [2] * g.stopped_at_eos for g in got] == expected
     assert decoder.stats.tokens_per_step > 2.5, decoder.stats
@@ -122,12 +122,12 @@ def test_eos_stops_rows_and_matches_hf(tiny_model_dir, tmp_path, hf):
     """With EOS's embedding made dominant, some rows emit EOS early and stop; the others run to the limit."""
     from transformers import LlamaForCausalLM
 
-    from eval.decoding import GreedyDecoder
+    from eval.decoding import BatchDecoder
     from eval.generation_model import GenerationModel
 
     tok, _ = hf
     model_dir = _eos_loving_model(tiny_model_dir, tmp_path / "eos", after_token=300)
-    decoder = GreedyDecoder(GenerationModel.load(str(model_dir)), eos_ids=[2], pad_id=0, max_new_tokens=16, slots=128)
+    decoder = BatchDecoder(GenerationModel.load(str(model_dir)), eos_ids=[2], pad_id=0, max_new_tokens=16, slots=128)
     got = decoder.generate([tok(p)["input_ids"] for p in PROMPTS])
     expected = _hf_greedy((tok, LlamaForCausalLM.from_pretrained(model_dir).eval()), PROMPTS, 16)
     assert [g.tokens + [2] * g.stopped_at_eos for g in got] == expected

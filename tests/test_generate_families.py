@@ -82,11 +82,11 @@ def test_cached_prefill_logits_match_hf(family):
 @pytest.mark.parametrize("draft_tokens", [0, 4])
 def test_greedy_equals_hf_generate_token_for_token(family, draft_tokens):
     """Plain one-token steps, and prompt lookup (drafts checked in the same pass, eval.decoding)."""
-    from eval.decoding import GreedyDecoder
+    from eval.decoding import BatchDecoder
 
     tok, _ = family.hf
     expected = _hf_greedy(family.hf, PROMPTS, NEW_TOKENS)
-    decoder = GreedyDecoder(family.jax, eos_ids=[2], pad_id=0, max_new_tokens=NEW_TOKENS, slots=128, draft_tokens=draft_tokens)
+    decoder = BatchDecoder(family.jax, eos_ids=[2], pad_id=0, max_new_tokens=NEW_TOKENS, slots=128, draft_tokens=draft_tokens)
     got = decoder.generate([tok(p)["input_ids"] for p in PROMPTS])
     assert [g.tokens + [2] * g.stopped_at_eos for g in got] == expected
     if draft_tokens:  # drafts were checked (kept ones: tests/test_generate.py, where outputs repeat)

@@ -1,0 +1,11 @@
+"""``parsetune serve``: the fine-tuned parser behind an OpenAI-compatible HTTP API, and a page to try it.
+
+- ``served_model``: what a MODEL_OR_RUN_DIR serves: the checkpoint, tokenizer, the task's prompt
+  format and constraints (a run dir knows its task from its config and prepared data).
+- ``batcher``: one decode thread; concurrent requests share decode steps (dynamic batching with a
+  short wait window), a bounded queue, per-request cancellation.
+- ``protocol``: the request bodies (OpenAI's completions / chat completions + our extra fields),
+  checked into typed settings or a 4xx.
+- ``api``: the FastAPI app (routes, errors in OpenAI's shape, optional Bearer key, the page at ``/``).
+- ``cli``: the ``parsetune serve`` command (uvicorn).
+"""
