@@ -15,7 +15,8 @@ each with its own grammar when the constraint grounds values (``for_prompts`` be
 Near the token budget (the last ``finish_window`` tokens) it steers each row towards closing: when
 the grammar allows a token made only of closing characters (``])`` for ViGGO, ``"]}`` for JSON) or
 EOS, only those are allowed (first those beginning with the first closing character, which ends a
-value: inside free text ``)`` is still text), so a long free-text value does not leave the MR unfinished at
+value: inside free text ``)`` is still text; for JSON then ``,``, which ends a number before a
+required member), so a long free-text value does not leave the MR unfinished at
 ``max_new_tokens``. Otherwise the plain grammar mask applies (e.g. to finish a closed value).
 """
 
@@ -124,6 +125,7 @@ def schema_grammar(schema: Any, where: str = "schema") -> str:
     return grammar
 
 
+JSON_CLOSING, JSON_SEPARATOR = '"]}', ","  # what ends JSON values, and what leads to the next member
 JSON_OBJECT_SCHEMA: dict = {"type": "object"}  # any JSON object (OpenAI's response_format json_object)
 
 
@@ -131,23 +133,28 @@ def _set_bit(mask_W: np.ndarray, token: int) -> None:
     mask_W[token // 32] |= np.uint32(1 << (token % 32)).view(np.int32)
 
 
-def _closing_masks(lltok, vocab_size: int, closing: bytes, eos_ids: Sequence[int]) -> list[np.ndarray]:
+def _closing_masks(lltok, vocab_size: int, closing: bytes, eos_ids: Sequence[int], separator: bytes = b"") -> list[np.ndarray]:
     """Bit masks, in order of preference: the tokens made only of ``closing`` bytes that begin with
     its first (``]`` closes a ViGGO value, where ``)`` would still be free text), then EOS and every
-    token made only of ``closing`` bytes."""
-    first_W = np.zeros((vocab_size + 31) // 32, np.int32)
-    any_W = np.zeros((vocab_size + 31) // 32, np.int32)
+    token made only of ``closing`` bytes, then (with a ``separator``) also the tokens made of closing
+    and separator bytes (JSON's ``,``: the way out of a number when a required member is still to come)."""
+    width = (vocab_size + 31) // 32
+    first_W, any_W, separated_W = np.zeros(width, np.int32), np.zeros(width, np.int32), np.zeros(width, np.int32)
     for token in eos_ids:
         _set_bit(any_W, token)
     if closing:
-        allowed = set(closing)
+        allowed, with_separator = set(closing), set(closing) | set(separator)
         for token in range(min(vocab_size, lltok.vocab_size)):
             data = lltok.decode_bytes([token])
-            if data and not lltok.is_special_token(token) and set(data) <= allowed:
+            if not data or lltok.is_special_token(token):
+                continue
+            if set(data) <= allowed:
                 _set_bit(any_W, token)
                 if data[0] == closing[0]:
                     _set_bit(first_W, token)
-    return [first_W, any_W]
+            if separator and set(data) <= with_separator:
+                _set_bit(separated_W, token)
+    return [first_W, any_W] + ([any_W | separated_W] if separator else [])
 
 
 def ll_tokenizer(hf_tokenizer, vocab_size: int, eos_ids: Sequence[int]):
@@ -186,6 +193,7 @@ class GrammarConstraint:
         eos_ids: Sequence[int],
         closing_chars: str = "",
         finish_window: int = 16,
+        separator: str = "",
         row_grammar: Callable[[str], str] | None = None,
         description: str = "",
         ll_tok=None,
@@ -204,9 +212,10 @@ class GrammarConstraint:
         self._row_grammars: list[str] | None = None
         self.description = description  # what restricts the output, in one line (logs, reports)
         self.finish_window = finish_window
-        key = (id(self.tokenizer), vocab_size, closing_chars, tuple(self.eos_ids))
+        key = (id(self.tokenizer), vocab_size, closing_chars, separator, tuple(self.eos_ids))
         if key not in _CLOSING_MASKS:  # a scan of the whole vocabulary: once per tokenizer
-            _CLOSING_MASKS[key] = (self.tokenizer, _closing_masks(self.tokenizer, vocab_size, closing_chars.encode(), self.eos_ids))
+            masks = _closing_masks(self.tokenizer, vocab_size, closing_chars.encode(), self.eos_ids, separator.encode())
+            _CLOSING_MASKS[key] = (self.tokenizer, masks)
         self.closing_masks_W = _CLOSING_MASKS[key][1]
 
     def for_prompts(self, prompts: Sequence[str]) -> None:
@@ -325,7 +334,7 @@ def build_constraint(
     if kind == "viggo":
         values = grounding.values if grounding else None
         grammar = llguidance.LLMatcher.grammar_from_lark(viggo_lark(values))
-        closing = "])"
+        closing, separator = "])", ""
         if grounding is not None and ground_values and grounding.values.copied():
             learned = grounding
 
@@ -338,13 +347,13 @@ def build_constraint(
         if schema_path is None:
             raise UserError("--constrain json-schema needs a schema FILE")
         grammar = json_schema_grammar(schema_path)
-        closing = '"]}'
+        closing, separator = JSON_CLOSING, JSON_SEPARATOR
         description = f"json-schema ({schema_path})"
     else:
         raise UserError(f"unknown constraint {kind!r}; expected one of {', '.join(CONSTRAINTS)}")
     return GrammarConstraint(
         hf_tokenizer, grammar, vocab_size, eos_ids, closing_chars=closing, row_grammar=row_grammar, description=description,
-        ll_tok=ll_tok,
+        ll_tok=ll_tok, separator=separator,
     )  # fmt: skip
 
 

@@ -57,6 +57,29 @@ def _page() -> str:
     return importlib.resources.files("eval.serve").joinpath("page.html").read_text(encoding="utf-8")
 
 
+class _Guard:
+    """Pure ASGI middleware (Starlette's BaseHTTPMiddleware would hide client disconnects from the
+    routes): bodies over the size limit get 413, /v1/ routes without the API key 401."""
+
+    def __init__(self, app, settings: ServeSettings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            length, limit = headers.get("content-length"), self.settings.max_body_bytes
+            refusal = None
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                refusal = _error(413, f"the body is over {limit} bytes")
+            elif self.settings.api_key and scope["path"].startswith("/v1/"):
+                given = headers.get("authorization", "")
+                if not secrets.compare_digest(given.encode(), f"Bearer {self.settings.api_key}".encode()):
+                    refusal = _error(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error")
+            if refusal is not None:
+                return await refusal(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def create_app(served: ServedModel, batcher: Batcher, settings: ServeSettings = ServeSettings()) -> FastAPI:
     app = FastAPI(title="parsetune serve", version="1", docs_url="/docs", redoc_url=None)
     app.state.served, app.state.batcher = served, batcher
@@ -80,18 +103,12 @@ def create_app(served: ServedModel, batcher: Batcher, settings: ServeSettings = 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException):
-        return _error(err.status_code, str(err.detail), "not_found_error" if err.status_code == 404 else "invalid_request_error")
+        message = str(err.detail)
+        if err.status_code == 400 and "parsing the body" in message:  # FastAPI's words for bytes that are not UTF-8
+            message = "the body is not valid JSON (UTF-8)"
+        return _error(err.status_code, message, "not_found_error" if err.status_code == 404 else "invalid_request_error")
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return _error(413, f"the body is over {settings.max_body_bytes} bytes")
-        if settings.api_key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-                return _error(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error")
-        return await call_next(request)
+    app.add_middleware(_Guard, settings=settings)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -99,7 +116,7 @@ def create_app(served: ServedModel, batcher: Batcher, settings: ServeSettings = 
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": served.name, "waiting": batcher.waiting, "running": batcher.running, "served": batcher.served_requests}  # fmt: skip
+        return {"status": "ok", "model": served.name, "waiting": batcher.waiting, "running": batcher.running, "served": batcher.served_requests, "cancelled": batcher.cancelled}  # fmt: skip
 
     def model_card() -> dict[str, Any]:
         return {"id": served.name, "object": "model", "created": 0, "owned_by": "parsetune"}

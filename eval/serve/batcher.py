@@ -75,6 +75,7 @@ class Batcher:
         self._closed = False
         self.running = 0  # rows of the batch being decoded
         self.served_requests = 0
+        self.cancelled = 0  # jobs dropped while waiting or stopped while decoding (client gone, timeout)
         self.batches = 0
         self._thread = threading.Thread(target=self._loop, name="parsetune-decode", daemon=True)
         self._thread.start()
@@ -116,6 +117,7 @@ class Batcher:
                 job = self._waiting.popleft()
                 if job.cancelled.is_set():
                     job.future.cancel()
+                    self.cancelled += 1
                 elif job.future.set_running_or_notify_cancel():
                     jobs.append(job)
             return jobs
@@ -168,9 +170,13 @@ class Batcher:
         if any(j.temperature > 0 for j in jobs):
             sampling = Sampling.of([j.temperature for j in padded], [j.top_p for j in padded], [j.seed for j in padded])
         stop_hit = [False] * rows
+        gone: set[int] = set()
 
         def should_stop(row: int, tokens: list[int]) -> bool:
-            if row >= len(jobs) or padded[row].cancelled.is_set():
+            if row >= len(jobs):
+                return True
+            if padded[row].cancelled.is_set():
+                gone.add(row)
                 return True
             if padded[row].stop:
                 text = served.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -183,6 +189,7 @@ class Batcher:
             [j.prompt_ids for j in padded], constraint, sampling, [j.max_tokens for j in padded], should_stop
         )  # fmt: skip
         seconds = time.perf_counter() - started
+        self.cancelled += len(gone)
         out = []
         for row, (job, result) in enumerate(zip(jobs, results)):
             text = served.tokenizer.decode(result.tokens, skip_special_tokens=True)

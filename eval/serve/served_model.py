@@ -21,8 +21,6 @@ from typing import Any
 from parsetune import storage
 from parsetune.errors import UserError
 
-JSON_CLOSING = '"]}'
-VIGGO_CLOSING = "])"
 
 
 @dataclass(frozen=True)
@@ -171,7 +169,9 @@ class ServedModel:
     def constraint(self, spec: ConstraintSpec):
         """The ``GrammarConstraint`` for a request's choice (None: unconstrained); a UserError for a
         choice this model cannot serve or an invalid schema."""
-        from eval.constrained import JSON_OBJECT_SCHEMA, GrammarConstraint, build_constraint, schema_grammar
+        from eval.constrained import (
+            JSON_CLOSING, JSON_OBJECT_SCHEMA, JSON_SEPARATOR, GrammarConstraint, build_constraint, schema_grammar,
+        )  # fmt: skip
 
         if spec.kind == "none":
             return None
@@ -192,7 +192,7 @@ class ServedModel:
             raise UserError(f"unknown constraint {spec.kind!r}")
         return GrammarConstraint(
             self.tokenizer, grammar, self.model.vocab_size, self.eos_ids, closing_chars=JSON_CLOSING,
-            description=description, ll_tok=self.ll_tok,
+            separator=JSON_SEPARATOR, description=description, ll_tok=self.ll_tok,
         )  # fmt: skip
 
     def info(self) -> dict[str, Any]:
