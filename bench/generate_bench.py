@@ -92,7 +92,7 @@ def interleaved(model_dir, data, limit, batch_size, max_new_tokens):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from eval.compile_cache import enable_compilation_cache
-    from eval.decoding import GreedyDecoder, bucket_length
+    from eval.decoding import BatchDecoder, bucket_length
     from eval.generate import prompt_bucket, read_prompts, special_ids
     from parsetune.hf_files import read_hf_config
     from eval.generation_model import GenerationModel
@@ -103,7 +103,7 @@ def interleaved(model_dir, data, limit, batch_size, max_new_tokens):
     ids = sorted((tok(r.input)["input_ids"] for r in records), key=len)
     eos, pad = special_ids(model_dir, read_hf_config(model_dir), tok)
     bucket = prompt_bucket(len(ids[-1]))
-    decoder = GreedyDecoder(GenerationModel.load(model_dir), eos, pad, max_new_tokens,
+    decoder = BatchDecoder(GenerationModel.load(model_dir), eos, pad, max_new_tokens,
                             bucket_length(len(ids[-1]), bucket) + max_new_tokens, bucket)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
