@@ -81,7 +81,7 @@ class _Guard:
 
 
 def create_app(served: ServedModel, batcher: Batcher, settings: ServeSettings = ServeSettings()) -> FastAPI:
-    app = FastAPI(title="parsetune serve", version="1", docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="parsetune serve", version="1", docs_url=None, redoc_url=None)  # /docs would load Swagger from a CDN
     app.state.served, app.state.batcher = served, batcher
 
     @app.exception_handler(ApiError)
@@ -239,7 +239,8 @@ def create_app(served: ServedModel, batcher: Batcher, settings: ServeSettings = 
         if fmt is None:
             raise ApiError(400, f"{served.name!r} is not a run dir with prepared data: its prompt format is unknown; use /v1/completions")  # fmt: skip
         started = time.perf_counter()
-        request_body = CompletionRequest(model=served.name, prompt=fmt.render(body.text), max_tokens=body.max_tokens)
+        budget = body.max_tokens if body.max_tokens is not None else served.task.max_new_tokens
+        request_body = CompletionRequest(model=served.name, prompt=fmt.render(body.text), max_tokens=budget)
         completion, prompt_tokens, described = await _generate(request, request_body, request_body.prompt, ConstraintSpec("task"))
         return {
             "text": body.text,

@@ -142,12 +142,16 @@ class Batcher:
                 self.batches += 1
                 self.served_requests += len(jobs)
 
-    def warmup(self, prompt: str = "Hello", max_tokens: int = 4) -> None:
-        """Compile the decode steps of one request alone and of a full batch (on this thread)."""
+    def warmup(self, prompt: str, max_tokens: int) -> None:
+        """Compile the decode steps of one request alone and of every batch size up to ``max_batch``
+        for requests like ``prompt`` with ``max_tokens`` (on this thread, before serving)."""
         ids = self.served.tokenizer(prompt)["input_ids"] or [self.served.pad_id]
-        self.decode([Job(list(ids), max_tokens)])
-        if self.max_batch > 1:
-            self.decode([Job(list(ids), max_tokens) for _ in range(self.max_batch)])
+        rows = 1
+        while True:
+            self.decode([Job(list(ids), 2 if rows > 1 else max_tokens) for _ in range(rows)])
+            if rows >= self.max_batch:
+                break
+            rows = min(rows * 2, self.max_batch)
 
     def decode(self, jobs: list[Job]) -> list[Completion]:
         """Decode ``jobs`` together (on the calling thread); one ``Completion`` each, in order."""

@@ -41,7 +41,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.warmup:
         print("parsetune serve: compiling the decode steps (--no-warmup skips this)", file=sys.stderr)
-        batcher.warmup()
+        fmt, budget = served.prompt_format, served.task.max_new_tokens if served.task else 96
+        batcher.warmup(fmt.render("A warm-up sentence.") if fmt else "Hello", budget)
     app = create_app(served, batcher, ServeSettings(api_key=args.api_key, timeout_s=args.timeout))
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -54,6 +54,7 @@ class RunTask:
     schema_path: str | None
     prompt: PromptFormat | None
     data_path: str | None  # a prepared split (its manifest has the grounding)
+    max_new_tokens: int = 96  # the run's evaluation budget: /v1/parse's default max_tokens
 
 
 def resolve_target(target: str) -> tuple[str, str | None]:
@@ -89,6 +90,7 @@ def read_run_task(run_dir: str) -> RunTask:
         schema_path=section("eval").get("schema") or section("prep").get("schema"),
         prompt=prompt,
         data_path=data_path if prompt is not None else None,
+        max_new_tokens=int(section("eval").get("max_new_tokens") or 96),
     )
 
 
