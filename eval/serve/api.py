@@ -108,6 +108,10 @@ def create_app(served: ServedModel, batcher: Batcher, settings: ServeSettings = 
             message = "the body is not valid JSON (UTF-8)"
         return _error(err.status_code, message, "not_found_error" if err.status_code == 404 else "invalid_request_error")
 
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, err: Exception):  # a bug of ours, still in OpenAI's shape
+        return _error(500, f"internal error: {type(err).__name__}: {err}", "server_error")
+
     app.add_middleware(_Guard, settings=settings)
 
     @app.get("/", response_class=HTMLResponse)

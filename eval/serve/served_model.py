@@ -145,6 +145,7 @@ class ServedModel:
         self.ll_tok = ll_tokenizer(self.tokenizer, self.model.vocab_size, self.eos_ids)
         self._task_constraint = self._build_task_constraint()
         self._viggo = None
+        self._json_constraints: dict = {}  # (kind, schema, description) -> GrammarConstraint, the last 64
 
     @property
     def prompt_format(self) -> PromptFormat | None:
@@ -188,14 +189,21 @@ class ServedModel:
         if spec.kind == "json_object":
             grammar, description = schema_grammar(JSON_OBJECT_SCHEMA, "json_object"), "json_object"
         elif spec.kind == "json_schema":
-            grammar = schema_grammar(spec.schema, "response_format.json_schema.schema")
+            grammar = None
             description = f"json_schema ({spec.name})" if spec.name else "json_schema"
         else:
             raise UserError(f"unknown constraint {spec.kind!r}")
-        return GrammarConstraint(
-            self.tokenizer, grammar, self.model.vocab_size, self.eos_ids, closing_chars=JSON_CLOSING,
-            separator=JSON_SEPARATOR, description=description, ll_tok=self.ll_tok,
-        )  # fmt: skip
+        key = (spec.kind, json.dumps(spec.schema, sort_keys=True), description)
+        if key not in self._json_constraints:  # clients repeat their schemas: compile each once
+            if grammar is None:
+                grammar = schema_grammar(spec.schema, "response_format.json_schema.schema")
+            if len(self._json_constraints) >= 64:
+                self._json_constraints.pop(next(iter(self._json_constraints)))
+            self._json_constraints[key] = GrammarConstraint(
+                self.tokenizer, grammar, self.model.vocab_size, self.eos_ids, closing_chars=JSON_CLOSING,
+                separator=JSON_SEPARATOR, description=description, ll_tok=self.ll_tok,
+            )  # fmt: skip
+        return self._json_constraints[key]
 
     def info(self) -> dict[str, Any]:
         return {
