@@ -8,7 +8,9 @@ the training split.
 training split alone (``learn_types``), never from a list in code:
 
 - **array**: the attribute is a list in training (``parsetune.tasks.viggo_values``: comma-separated
-  items from a closed set; genres, platforms, player_perspective) -> an array of its items;
+  items from a closed set; genres, platforms, player_perspective) -> an array of its items, at most
+  as many as the longest training list (``maxItems``; llguidance cannot enforce ``uniqueItems``,
+  and a short fine-tune otherwise repeats an item until the token budget ends);
 - **boolean**: every training value is ``yes`` or ``no`` -> ``true`` / ``false``;
 - **integer**: every training value is an integer (release_year) -> a number;
 - **string** otherwise, with an ``enum`` of the training values when the attribute is *closed*
@@ -55,11 +57,12 @@ class AttributeType:
     type: str
     values: tuple[str, ...] = ()
     nullable: bool = False
+    max_items: int = 0  # array: the longest training list
 
     def schema(self) -> dict[str, Any]:
         if self.type == "array":
             items: dict[str, Any] = {"enum": list(self.values)} if self.values else {"type": "string"}
-            spec: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
+            spec: dict[str, Any] = {"type": "array", "items": items, "minItems": 1, "maxItems": self.max_items}
         elif self.type == "string" and self.values:
             spec = {"enum": list(self.values)}
         else:
@@ -114,7 +117,7 @@ def learn_types(train: Iterable[tuple[str, str]]) -> ViggoJsonTypes:
             continue
         seen, learned = values[name], kinds.of(name)
         if learned.kind == "list":
-            kind = AttributeType("array", learned.values)
+            kind = AttributeType("array", learned.values, max_items=max(len(v.split(LIST_SEPARATOR)) for v in seen))
         elif seen and all(v in BOOLEAN_VALUES for v in seen):
             kind = AttributeType("boolean")
         elif seen and all(_INTEGER_RE.match(v) for v in seen):
@@ -123,7 +126,7 @@ def learn_types(train: Iterable[tuple[str, str]]) -> ViggoJsonTypes:
             kind = AttributeType("string", learned.values)
         else:
             kind = AttributeType("string")
-        attributes[name] = AttributeType(kind.type, kind.values, nullable=name in empty)
+        attributes[name] = AttributeType(kind.type, kind.values, nullable=name in empty, max_items=kind.max_items)
     return ViggoJsonTypes(tuple(f for f in FUNCTIONS if f in intents), attributes)
 
 

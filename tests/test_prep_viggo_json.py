@@ -46,7 +46,7 @@ def test_toy_types_schema_and_targets(tmp_path):
     assert properties["name"] == {"type": "string"}  # copied from the sentence: free text
     assert properties["release_year"] == {"type": "integer"}
     assert properties["rating"] == {"enum": ["excellent", "good"]}  # closed
-    assert properties["genres"] == {"type": ["array", "null"], "items": {"enum": ["shooter", "role-playing", "puzzle"]}, "minItems": 1}
+    assert properties["genres"] == {"type": ["array", "null"], "items": {"enum": ["shooter", "role-playing", "puzzle"]}, "minItems": 1, "maxItems": 2}
     assert properties["has_mac_release"] == {"type": "boolean"}
     assert schema["required"] == ["intent"] and schema["additionalProperties"] is False
     train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
@@ -63,6 +63,7 @@ def test_toy_types_schema_and_targets(tmp_path):
         ("inform(name[X], release_year[soon])", "release_year[soon] is not an integer"),
         ("inform(name[X], has_mac_release[maybe])", "has_mac_release[maybe] is not yes or no"),
         ("inform(name[X], genres[racing])", "target does not match the schema derived from the train split at genres/0"),
+        ("inform(name[X], genres[shooter, puzzle, puzzle])", "at genres: ['shooter', 'puzzle', 'puzzle'] is too long"),
         ("inform(name[X], rating[poor])", "target does not match the schema derived from the train split at rating"),
         ("inform(name[X], platforms[PC])", "Additional properties are not allowed ('platforms' was unexpected)"),
     ],
@@ -92,6 +93,7 @@ def test_bundled_viggo_every_target_satisfies_the_derived_schema(tmp_path):
     properties = schema["properties"]
     assert properties["release_year"]["type"] == ["integer", "null"]  # empty in request_attribute rows
     assert properties["genres"]["type"] == ["array", "null"] and len(properties["genres"]["items"]["enum"]) == 25
+    assert properties["platforms"]["maxItems"] == max(len(json.loads(r["output"]).get("platforms") or []) for r in records)
     assert properties["has_multiplayer"]["type"] == ["boolean", "null"]
     assert properties["rating"] == {"enum": ["average", "excellent", "good", "poor"]}
     assert properties["exp_release_date"] == {"type": "string"}  # "August 14, 2018": not an integer
