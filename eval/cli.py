@@ -56,7 +56,9 @@ stops at EOS or after --max-new-tokens tokens.
                                values seen in training, and attributes that training copies from the
                                sentence (name, developer, specifier, ...) take only spans of the
                                row's own sentence (--no-grounding: those stay free text).
---constrain json-schema FILE   only compact JSON matching the JSON Schema in FILE
+--constrain json-schema [FILE] only compact JSON matching the JSON Schema in FILE (without FILE: the
+                               schema.json that `parsetune prep json --schema` / `prep viggo-json`
+                               wrote beside SPLIT.jsonl)
 """
 
 _GENERATE_EPILOG = """\
@@ -78,6 +80,21 @@ examples:
   parsetune eval compare runs/base/scores runs/full/scores runs/lora/scores \\
       --names prompted,full,lora --out runs/report.md
 """
+
+
+def _schema_beside(data_path: str) -> str:
+    """The JSON Schema that `parsetune prep` wrote beside a prepared split (its manifest names it)."""
+    import os
+    import posixpath
+
+    from parsetune import storage
+    from parsetune.tasks.json_form import prepared_schema_path
+
+    directory = posixpath.dirname(data_path) if storage.is_gcs(data_path) else os.path.dirname(os.path.abspath(data_path))
+    schema = prepared_schema_path(directory)
+    if schema is None:
+        raise UserError(f"--constrain json-schema without FILE: {data_path} has no schema.json from `parsetune prep` beside it; give FILE")
+    return schema
 
 
 def _run_generate_pod(args: argparse.Namespace, hosts: int) -> int:
@@ -120,8 +137,10 @@ def _generate(args: argparse.Namespace) -> int:
         constrain, *rest = args.constrain
         if constrain == "json-schema" and len(rest) == 1:
             schema = rest[0]
+        elif constrain == "json-schema" and not rest:
+            schema = _schema_beside(args.data)
         elif constrain == "json-schema":
-            raise UserError("usage: --constrain json-schema FILE")
+            raise UserError("usage: --constrain json-schema [FILE]")
         elif constrain != "viggo":
             raise UserError(f"unknown --constrain {constrain!r}; expected viggo or json-schema FILE")
         elif rest:
@@ -199,7 +218,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows")
     gen.add_argument(
         "--constrain", nargs="+", metavar=("KIND", "FILE"), default=None,
-        help="grammar constraint: 'viggo' or 'json-schema FILE'",
+        help="grammar constraint: 'viggo' or 'json-schema [FILE]' (no FILE: the prepared set's schema.json)",
     )  # fmt: skip
     gen.add_argument(
         "--no-grounding", dest="grounding", action="store_false",

@@ -120,3 +120,19 @@ def test_run_viggo_json_end_to_end_with_the_derived_schema(tmp_path, tiny_model_
     report = (run_dir / "report.md").read_text()
     assert report.startswith("# JSON extraction evaluation comparison")
     assert "| schema-valid | 1.000 |" in report and "| field F1 |" in report and "## Per field" in report
+
+
+def test_eval_generate_finds_the_schema_prep_wrote_beside_the_data(tmp_path, tiny_model_dir):
+    from conftest import run_cli
+
+    train = tmp_path / "train-source.jsonl"
+    train.write_bytes((ASSETS / "viggo_validation_50.jsonl").read_bytes())
+    data = tmp_path / "data"
+    prepared = run_cli("prep", "viggo-json", "--train", str(train), "--validation", str(ASSETS / "viggo_validation_50.jsonl"), "--out", str(data))
+    assert prepared.returncode == 0, prepared.stderr
+    out = tmp_path / "predictions.jsonl"
+    result = run_cli("eval", "generate", "--model", str(tiny_model_dir), "--data", str(data / "validation.jsonl"), "--out", str(out),
+                     "--limit", "2", "--max-new-tokens", "32", "--constrain", "json-schema")
+    assert result.returncode == 0, result.stderr
+    assert f"constraint: json-schema ({data}/schema.json)" in result.stdout
+    assert len(out.read_text().splitlines()) == 2
