@@ -84,14 +84,9 @@ examples:
 
 def _schema_beside(data_path: str) -> str:
     """The JSON Schema that `parsetune prep` wrote beside a prepared split (its manifest names it)."""
-    import os
-    import posixpath
+    from parsetune.tasks.json_form import schema_beside
 
-    from parsetune import storage
-    from parsetune.tasks.json_form import prepared_schema_path
-
-    directory = posixpath.dirname(data_path) if storage.is_gcs(data_path) else os.path.dirname(os.path.abspath(data_path))
-    schema = prepared_schema_path(directory)
+    schema = schema_beside(data_path)
     if schema is None:
         raise UserError(f"--constrain json-schema without FILE: {data_path} has no schema.json from `parsetune prep` beside it; give FILE")
     return schema

@@ -65,7 +65,7 @@ def test_targets_that_do_not_satisfy_the_schema_name_schema_file_and_row(tmp_pat
         check_targets(str(schema), [str(data)])
 
 
-def _json_config(tmp_path, tiny_model_dir, eval_: dict):
+def _json_config(tmp_path, tiny_model_dir, eval_: dict, task_eval: dict | None = None):
     config_path = tiny_config(tmp_path / "config.yaml", tiny_model_dir, tmp_path / "unused", tmp_path / "run", {"type": "lora", "r": 4, "alpha": 8},
                               num_train_steps=3, steps_per_eval=3)
     config = yaml.safe_load(config_path.read_text())
@@ -73,6 +73,8 @@ def _json_config(tmp_path, tiny_model_dir, eval_: dict):
     train.write_bytes((ASSETS / "viggo_validation_50.jsonl").read_bytes())
     config["prep"] = {"task": "viggo-json", "train": str(train), "validation": str(ASSETS / "viggo_validation_50.jsonl"), "instruction": "", "base_model": None}
     config["eval"] = {"splits": ["validation"], "batch_size": 8, "max_new_tokens": 48, "limit": 8, **eval_}
+    if task_eval:
+        config["task_eval"] = task_eval
     config_path.write_text(yaml.safe_dump(config))
     return config_path
 
@@ -102,9 +104,13 @@ def test_an_eval_schema_the_targets_do_not_satisfy_fails_before_training(tmp_pat
 
 @pytest.mark.slow
 def test_run_viggo_json_end_to_end_with_the_derived_schema(tmp_path, tiny_model_dir):
-    result = _run(_json_config(tmp_path, tiny_model_dir, {"constrain": "json-schema"}))
+    task_eval = {"examples": 4, "batch_size": 4, "max_new_tokens": 48}
+    result = _run(_json_config(tmp_path, tiny_model_dir, {"constrain": "json-schema"}, task_eval))
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "run"
+    during = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "task_field_f1" in line]
+    assert [r["step"] for r in during] == [2] and during[0]["task_rows"] == 4  # task metrics while training, under the schema
+    assert during[0]["task_valid_rate"] == 1.0 and during[0]["task_schema_rate"] == 1.0
     schema = run_dir / "prep" / "schema.json"
     for path in ("prep/train.jsonl", "prep/manifest.json", "hf/config.json", "adapter/adapter_config.json",
                  "eval/validation/predictions.jsonl", "eval/validation/metrics.json", "report.md"):

@@ -108,3 +108,14 @@ def prepared_schema_path(prep_dir: str) -> str | None:
         raise UserError(f"{manifest_path}: not valid JSON ({err})") from None
     name = manifest.get("schema") if isinstance(manifest, dict) else None
     return storage.join(prep_dir, name) if isinstance(name, str) and name else None
+
+
+def schema_beside(data_path: str) -> str | None:
+    """The JSON Schema named by the manifest beside the prepared split file ``data_path``, if any."""
+    import os
+    import posixpath
+
+    from parsetune import storage
+
+    directory = posixpath.dirname(data_path) if storage.is_gcs(data_path) else os.path.dirname(os.path.abspath(data_path))
+    return prepared_schema_path(directory)
