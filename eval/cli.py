@@ -21,7 +21,7 @@ Writes into DIR (created if needed; every file replaced atomically):
                         attribute_set_accuracy, attribute_value_accuracy, overall_accuracy,
                         exact_match, valid_rate, per_function, per_attribute;
                         json: valid_json_rate, schema_adherence_rate, field_precision,
-                        field_recall, field_f1, exact_match)
+                        field_recall, field_f1, exact_match, per_field)
   per_example.jsonl     the scores of every prediction
   confusion_matrix.csv  (viggo) reference x predicted function counts
   confusion_matrix.png  (viggo) the same as a heat map
@@ -70,9 +70,11 @@ examples:
 """
 
 _COMPARE_DESCRIPTION = """\
-Compare several `eval score` directories in one markdown report: a table with one column per run
-(n, function name, attribute set, attribute value, overall, exact match, valid rate), links to
-each confusion_matrix.png (relative to the report), and each run's 3 largest confusions.
+Compare several `eval score` directories of one task in one markdown report: a table with one
+column per run. ViGGO: n, function name, attribute set, attribute value, overall, exact match,
+valid rate, links to each confusion_matrix.png (relative to the report), each run's 3 largest
+confusions and where it fails. JSON: n, valid JSON, schema-valid, field precision / recall / F1,
+exact match, and a per-field table.
 """
 
 _COMPARE_EPILOG = """\
