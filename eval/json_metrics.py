@@ -166,14 +166,15 @@ def per_field(predictions: Sequence[Any], references: Sequence[Any]) -> dict[str
     """Per top-level key of the (object) references, in first-seen order: ``n`` references with the
     key, ``predicted`` (valid object predictions with it), ``correct`` (both, same canonical value),
     ``precision`` = correct / predicted (None when never predicted) and ``recall`` = correct / n.
-    Keys only predictions have count as predicted, with n 0. Never raises on predictions."""
+    Keys only predictions have come last, with n 0. Never raises on predictions."""
     counts: dict[str, list[int]] = {}
+    for reference in references:  # the references' keys first, in first-seen order
+        for key in reference if isinstance(reference, dict) else {}:
+            counts.setdefault(str(key), [0, 0, 0])[0] += 1
     for prediction, reference in zip(predictions, references):
         ref = reference if isinstance(reference, dict) else {}
         pred, _ = parse_json(prediction)
         pred = pred if isinstance(pred, dict) else {}
-        for key in ref:
-            counts.setdefault(str(key), [0, 0, 0])[0] += 1
         for key, value in pred.items():
             row = counts.setdefault(str(key), [0, 0, 0])
             row[1] += 1

@@ -146,3 +146,12 @@ def test_runs_of_different_tasks_are_refused(tmp_path):
     with pytest.raises(UserError, match="cannot compare runs of different tasks \\(json, viggo\\)"):
         compare_runs([str(viggo), str(js)], str(tmp_path / "r.md"))
     assert not (tmp_path / "r.md").exists()
+
+
+def test_per_field_lists_reference_keys_first():
+    from eval.json_metrics import per_field
+
+    stats = per_field(['{"extra": 1, "a": 1}', '{"b": 2}'], [{"a": 1}, {"b": 3}])
+    assert list(stats) == ["a", "b", "extra"]
+    assert stats["a"] == {"n": 1, "predicted": 1, "correct": 1, "precision": 1.0, "recall": 1.0}
+    assert stats["b"]["correct"] == 0 and stats["extra"]["n"] == 0 and stats["extra"]["recall"] is None
