@@ -21,7 +21,7 @@ Writes into DIR (created if needed; every file replaced atomically):
                         attribute_set_accuracy, attribute_value_accuracy, overall_accuracy,
                         exact_match, valid_rate, per_function, per_attribute;
                         json: valid_json_rate, schema_adherence_rate, field_precision,
-                        field_recall, field_f1, exact_match)
+                        field_recall, field_f1, exact_match, per_field)
   per_example.jsonl     the scores of every prediction
   confusion_matrix.csv  (viggo) reference x predicted function counts
   confusion_matrix.png  (viggo) the same as a heat map
@@ -56,7 +56,9 @@ stops at EOS or after --max-new-tokens tokens.
                                values seen in training, and attributes that training copies from the
                                sentence (name, developer, specifier, ...) take only spans of the
                                row's own sentence (--no-grounding: those stay free text).
---constrain json-schema FILE   only compact JSON matching the JSON Schema in FILE
+--constrain json-schema [FILE] only compact JSON matching the JSON Schema in FILE (without FILE: the
+                               schema.json that `parsetune prep json --schema` / `prep viggo-json`
+                               wrote beside SPLIT.jsonl)
 """
 
 _GENERATE_EPILOG = """\
@@ -68,9 +70,11 @@ examples:
 """
 
 _COMPARE_DESCRIPTION = """\
-Compare several `eval score` directories in one markdown report: a table with one column per run
-(n, function name, attribute set, attribute value, overall, exact match, valid rate), links to
-each confusion_matrix.png (relative to the report), and each run's 3 largest confusions.
+Compare several `eval score` directories of one task in one markdown report: a table with one
+column per run. ViGGO: n, function name, attribute set, attribute value, overall, exact match,
+valid rate, links to each confusion_matrix.png (relative to the report), each run's 3 largest
+confusions and where it fails. JSON: n, valid JSON, schema-valid, field precision / recall / F1,
+exact match, and a per-field table.
 """
 
 _COMPARE_EPILOG = """\
@@ -78,6 +82,16 @@ examples:
   parsetune eval compare runs/base/scores runs/full/scores runs/lora/scores \\
       --names prompted,full,lora --out runs/report.md
 """
+
+
+def _schema_beside(data_path: str) -> str:
+    """The JSON Schema that `parsetune prep` wrote beside a prepared split (its manifest names it)."""
+    from parsetune.tasks.json_form import schema_beside
+
+    schema = schema_beside(data_path)
+    if schema is None:
+        raise UserError(f"--constrain json-schema without FILE: {data_path} has no schema.json from `parsetune prep` beside it; give FILE")
+    return schema
 
 
 def _run_generate_pod(args: argparse.Namespace, hosts: int) -> int:
@@ -120,8 +134,10 @@ def _generate(args: argparse.Namespace) -> int:
         constrain, *rest = args.constrain
         if constrain == "json-schema" and len(rest) == 1:
             schema = rest[0]
+        elif constrain == "json-schema" and not rest:
+            schema = _schema_beside(args.data)
         elif constrain == "json-schema":
-            raise UserError("usage: --constrain json-schema FILE")
+            raise UserError("usage: --constrain json-schema [FILE]")
         elif constrain != "viggo":
             raise UserError(f"unknown --constrain {constrain!r}; expected viggo or json-schema FILE")
         elif rest:
@@ -199,7 +215,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows")
     gen.add_argument(
         "--constrain", nargs="+", metavar=("KIND", "FILE"), default=None,
-        help="grammar constraint: 'viggo' or 'json-schema FILE'",
+        help="grammar constraint: 'viggo' or 'json-schema [FILE]' (no FILE: the prepared set's schema.json)",
     )  # fmt: skip
     gen.add_argument(
         "--no-grounding", dest="grounding", action="store_false",

@@ -1,7 +1,10 @@
 """``compare_runs``: several ``eval score`` output directories in, one markdown report out.
 
-The report has the table of the Levanter ViGGO tutorial (one column per run: n, function-name,
-attribute-set, attribute-value, overall, exact match, valid rate), a link to each run's
+The table fits the runs' task (``metrics.json`` ``task``; all runs of one report share it). JSON
+extraction: one column per run with n, valid JSON, schema adherence (— without a schema), field
+precision / recall / F1 and exact match. ViGGO: the table of the Levanter ViGGO tutorial (one
+column per run: n, function-name, attribute-set, attribute-value, overall, exact match, valid
+rate), a link to each run's
 ``confusion_matrix.png`` (relative to the report), and each run's 3 largest off-diagonal
 confusions (``reference → predicted: count``) from its ``confusion_matrix.csv``, and where each run
 fails: a per-attribute table (precision, recall, value accuracy; ``metrics.json``) and the most
@@ -20,6 +23,17 @@ from typing import Any
 from parsetune import storage
 from parsetune.errors import UserError
 
+JSON_ROWS: tuple[tuple[str, str], ...] = (
+    ("n", "n"),
+    ("valid JSON", "valid_json_rate"),
+    ("schema-valid", "schema_adherence_rate"),
+    ("field precision", "field_precision"),
+    ("field recall", "field_recall"),
+    ("field F1", "field_f1"),
+    ("exact match", "exact_match"),
+)
+TITLES = {"viggo": "ViGGO evaluation comparison", "json": "JSON extraction evaluation comparison"}
+
 ROWS: tuple[tuple[str, str], ...] = (
     ("n", "n"),
     ("function name", "function_name_accuracy"),
@@ -33,6 +47,7 @@ ROWS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class RunSummary:
+    task: str  # viggo | json
     name: str
     directory: str
     metrics: dict[str, Any]
@@ -72,7 +87,10 @@ def read_run(directory: str, name: str) -> RunSummary:
         raise UserError(f"{metrics_path}: not valid JSON ({err})") from None
     if not isinstance(metrics, dict):
         raise UserError(f"{metrics_path}: expected a JSON object")
-    missing = [key for _, key in ROWS if key not in metrics]
+    task = metrics.get("task", "viggo")  # score directories from before the task was recorded are ViGGO's
+    if task not in TITLES:
+        raise UserError(f"{metrics_path}: unknown task {task!r}; expected one of {', '.join(TITLES)}")
+    missing = [key for _, key in (ROWS if task == "viggo" else JSON_ROWS) if key not in metrics]
     if missing:
         raise UserError(f"{metrics_path}: missing {', '.join(missing)} (is this an `eval score` directory?)")
     csv_path = storage.join(directory, "confusion_matrix.csv")
@@ -85,7 +103,7 @@ def read_run(directory: str, name: str) -> RunSummary:
             errors = json.loads(storage.read_text(errors_path))
         except ValueError as err:
             raise UserError(f"{errors_path}: not valid JSON ({err})") from None
-    return RunSummary(name, directory, metrics, confusions, has_png, errors)
+    return RunSummary(task, name, directory, metrics, confusions, has_png, errors)
 
 
 def _md(text: str) -> str:
@@ -109,6 +127,16 @@ def attribute_table(per_attribute: dict[str, Any]) -> list[str]:
     return lines
 
 
+def field_table(per_field: dict[str, Any]) -> list[str]:
+    """Markdown rows: each JSON field's references, predictions, right values, precision, recall."""
+    lines = ["| field | in references | predicted | right value | precision | recall |", "|---|---:|---:|---:|---:|---:|"]
+    for name, stats in per_field.items():
+        lines.append(
+            f"| {_md(name)} | {stats['n']} | {stats['predicted']} | {stats['correct']} | {_cell(stats.get('precision'))} | {_cell(stats.get('recall'))} |"
+        )
+    return lines
+
+
 def error_lines(errors: dict[str, Any]) -> list[str]:
     """The most frequent kinds of miss, two examples each."""
     lines = [f"{errors.get('misses', '?')} predictions are not exact matches. Most frequent kinds of miss (an example may have several):", ""]
@@ -125,7 +153,9 @@ def error_lines(errors: dict[str, Any]) -> list[str]:
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
         return str(value)
     if isinstance(value, int):
         return str(value)
@@ -148,16 +178,31 @@ def _link(target_dir: str, out_path: str) -> str:
     return os.path.relpath(os.path.abspath(png), os.path.dirname(os.path.abspath(out_path))).replace(os.sep, "/")
 
 
+JSON_NOTE = (
+    "valid JSON: predictions that parse as strict JSON; schema-valid: ... that also satisfy the JSON Schema (— when "
+    "scored without one); field precision / recall / F1: micro-averaged over flattened (key path, value) pairs; "
+    "exact match: the same JSON value as the reference (key order and whitespace aside). See eval/json_metrics.py."
+)
+
+
 def render_report(runs: list[RunSummary], out_path: str) -> str:
     """The markdown text of the comparison report written to ``out_path``."""
-    lines = ["# ViGGO evaluation comparison", ""]
+    task = runs[0].task
+    lines = [f"# {TITLES[task]}", ""]
     lines.append("| metric | " + " | ".join(r.name for r in runs) + " |")
     lines.append("|---|" + "---:|" * len(runs))
-    for label, key in ROWS:
+    for label, key in ROWS if task == "viggo" else JSON_ROWS:
         lines.append(f"| {label} | " + " | ".join(_cell(r.metrics[key]) for r in runs) + " |")
     lines += ["", "Runs:", ""]
     for r in runs:
         lines.append(f"- **{r.name}**: `{r.directory}`")
+    if task == "json":
+        lines += ["", JSON_NOTE, ""]
+        for r in runs:
+            if r.metrics.get("per_field"):
+                lines += [f"## Per field: {r.name}", "", "Top-level keys (precision: predicted keys with the reference's value; recall: reference keys predicted with their value):", ""]
+                lines += field_table(r.metrics["per_field"]) + [""]
+        return "\n".join(lines)
     lines += ["", "## Confusion matrices", ""]
     for r in runs:
         lines.append(f"### {r.name}")
@@ -196,6 +241,9 @@ def compare_runs(directories: list[str], out_path: str, names: list[str] | None 
     if len(names) != len(directories):
         raise UserError(f"--names has {len(names)} names for {len(directories)} directories")
     runs = [read_run(d, n) for d, n in zip(directories, names)]
+    tasks = sorted({r.task for r in runs})
+    if len(tasks) > 1:
+        raise UserError(f"cannot compare runs of different tasks ({', '.join(tasks)}) in one table: " + ", ".join(f"{r.directory} is {r.task}" for r in runs))
     text = render_report(runs, out_path)
     storage.write_text_atomic(out_path, text)
     return text

@@ -160,3 +160,29 @@ def score_json_all(
     validator = make_validator(schema) if schema is not None else None
     scores = [score_json_example(p, r, validator) for p, r in zip(predictions, references)]
     return scores, aggregate_json(scores, with_schema=schema is not None)
+
+
+def per_field(predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Per top-level key of the (object) references, in first-seen order: ``n`` references with the
+    key, ``predicted`` (valid object predictions with it), ``correct`` (both, same canonical value),
+    ``precision`` = correct / predicted (None when never predicted) and ``recall`` = correct / n.
+    Keys only predictions have come last, with n 0. Never raises on predictions."""
+    counts: dict[str, list[int]] = {}
+    for reference in references:  # the references' keys first, in first-seen order
+        for key in reference if isinstance(reference, dict) else {}:
+            counts.setdefault(str(key), [0, 0, 0])[0] += 1
+    for prediction, reference in zip(predictions, references):
+        ref = reference if isinstance(reference, dict) else {}
+        pred, _ = parse_json(prediction)
+        pred = pred if isinstance(pred, dict) else {}
+        for key, value in pred.items():
+            row = counts.setdefault(str(key), [0, 0, 0])
+            row[1] += 1
+            try:
+                row[2] += key in ref and canonical_json(value) == canonical_json(ref[key])
+            except (ValueError, RecursionError):
+                pass
+    return {
+        key: {"n": n, "predicted": p, "correct": c, "precision": c / p if p else None, "recall": c / n if n else None}
+        for key, (n, p, c) in counts.items()
+    }

@@ -7,7 +7,8 @@ output directory untouched. Outputs (each written atomically):
 
 - ``metrics.json``: ``task``, ``source``, ``n`` and the aggregate scores (ViGGO: the seven
   ``ViggoMetrics`` rates plus ``per_function`` and ``per_attribute``; JSON: the ``JsonMetrics``
-  fields plus ``valid_rate`` = ``valid_json_rate``).
+  fields plus ``valid_rate`` = ``valid_json_rate`` and ``per_field``, each top-level key's counts,
+  precision and recall, ``eval.json_metrics.per_field``).
 - ``per_example.jsonl``: one line per prediction, in input order, with its scores.
 - ViGGO only: ``confusion_matrix.csv`` (counts) and ``confusion_matrix.png``; ``errors.json``: the
   number of misses (not exact matches) and their most frequent kinds with two examples each
@@ -138,11 +139,13 @@ def _viggo_outputs(records: list[PredictionRecord], path: str) -> tuple[dict[str
 def _json_outputs(
     records: list[PredictionRecord], path: str, schema: dict[str, Any] | None
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
-    from eval.json_metrics import score_json_all
+    from eval.json_metrics import per_field, score_json_all
 
-    scores, metrics = score_json_all([r.prediction for r in records], [r.reference for r in records], schema)
+    predictions, references = [r.prediction for r in records], [r.reference for r in records]
+    scores, metrics = score_json_all(predictions, references, schema)
     summary: dict[str, Any] = {"task": "json", "source": path, **dataclasses.asdict(metrics)}
     summary["valid_rate"] = metrics.valid_json_rate
+    summary["per_field"] = per_field(predictions, references)
     per_example = [{"id": r.id, "prediction": r.prediction, **dataclasses.asdict(s)} for r, s in zip(records, scores)]
     return summary, {"metrics.json": _json(summary), "per_example.jsonl": _jsonl(per_example)}
 

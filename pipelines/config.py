@@ -126,12 +126,12 @@ class ComputeConfig:
 class PrepSection:
     """Used by ``parsetune run`` only: where the data and the base model come from."""
 
-    task: str = "viggo"  # viggo | json
-    train: Optional[str] = None  # source files (CSV/JSONL); none: the bundled ViGGO copy
+    task: str = "viggo"  # viggo | json | viggo-json (ViGGO's MRs as JSON objects, schema learned from train)
+    train: Optional[str] = None  # source files (CSV/JSONL); none: the bundled ViGGO copy (viggo, viggo-json)
     validation: Optional[str] = None
     test: Optional[str] = None
     hf: Optional[str] = None  # e.g. GEM/viggo, when the hub is reachable
-    schema: Optional[str] = None  # JSON Schema for task json
+    schema: Optional[str] = None  # JSON Schema for task json (kept as RUN_DIR/prep/schema.json)
     text_field: str = "text"  # task json: the source field holding the input text
     target_field: str = "json"  # task json: the source field holding the target object
     id_field: str = "id"  # task json: the row id field (optional in the source)
@@ -149,8 +149,8 @@ class EvalSection:
     splits: list[str] = field(default_factory=lambda: ["validation"])
     batch_size: int = 16
     max_new_tokens: int = 96
-    constrain: Optional[str] = "viggo"  # viggo | json-schema | None
-    schema: Optional[str] = None
+    constrain: Optional[str] = "viggo"  # viggo (task viggo) | json-schema (JSON tasks) | None; a mix fails before step 1
+    schema: Optional[str] = None  # JSON tasks; None: the schema the prep step writes (RUN_DIR/prep/schema.json), if any
     limit: Optional[int] = None  # first N rows only (quick runs)
     dtype: str = "auto"  # float32 | bfloat16 | auto (bfloat16 on TPU, float32 elsewhere)
     model_axis_size: int = 1  # devices per model shard (heads, kv_head, mlp); the rest shard the batch

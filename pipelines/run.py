@@ -77,7 +77,7 @@ def ensure_base_model(config: TrainConfig) -> None:
     prepare_base_model(config.prep.base_model, config.model, log=lambda m: print(f"   {m}", file=sys.stderr))
 
 
-def evaluate_split(config: TrainConfig, model_dir: str, split: str, data_path: str, out_dir: str) -> dict:
+def evaluate_split(config: TrainConfig, model_dir: str, split: str, data_path: str, out_dir: str, plan) -> dict:
     from eval.generate import generate_predictions
     from eval.score import score_predictions
 
@@ -92,11 +92,11 @@ def evaluate_split(config: TrainConfig, model_dir: str, split: str, data_path: s
     if not storage.exists(predictions):
         stats = generate_predictions(
             model_dir, data_path, predictions, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
-            limit=e.limit, constrain=e.constrain, schema_path=e.schema, dtype=e.dtype, model_axis_size=e.model_axis_size,
+            limit=e.limit, constrain=plan.constrain, schema_path=plan.schema, dtype=e.dtype, model_axis_size=e.model_axis_size,
             draft_tokens=e.draft_tokens, ground_values=e.grounding,
         )
         print(f"   {split}: {stats}", file=sys.stderr)
-    return score_predictions(predictions, out_dir, task=config.prep.task, schema_path=e.schema if config.prep.task == "json" else None)
+    return score_predictions(predictions, out_dir, task=plan.task, schema_path=plan.schema)
 
 
 def prep_dir_of(run_dir: str) -> str:
@@ -115,7 +115,10 @@ def run(config: TrainConfig) -> str:
 
     from pipelines.wandb_check import check_wandb_login
 
+    from pipelines.eval_plan import check_targets, plan_eval
+
     check_wandb_login(config)  # before step 1 writes anything
+    plan = plan_eval(config)  # task, constraint and schema fit together: before any heavy work
     run_dir = config.run_dir
     prep_dir = prep_dir_of(run_dir)
     train_path, validation_path = prepared_splits(run_dir)
@@ -129,6 +132,14 @@ def run(config: TrainConfig) -> str:
     done(t, "base model ready")
     t = step(2, total, f"prepare {config.prep.task} data -> {prep_dir}")
     prep_data(config, prep_dir)
+    if plan.task == "json":
+        plan = dataclasses.replace(plan, schema=plan.schema_after_prep(prep_dir), from_prep=False)
+        if plan.schema is not None:
+            check_targets(plan.schema, [storage.join(prep_dir, f"{s}.jsonl") for s in ("train", *config.eval.splits)
+                                        if storage.exists(storage.join(prep_dir, f"{s}.jsonl"))])
+            print(f"   every target satisfies {plan.schema}", file=sys.stderr)
+        # the run dir's config.yaml names the schema the run decodes with (parsetune serve reads it)
+        config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, schema=plan.schema, constrain=plan.constrain))
     done(t, "data ready")
     hf_dir = storage.join(run_dir, "hf")
     t = step(3, total, f"train ({type(config.method).__name__}) -> {run_dir}")
@@ -146,9 +157,10 @@ def run(config: TrainConfig) -> str:
         if not storage.exists(data_path):
             raise UserError(f"{data_path}: split {split!r} was not prepared")
         out_dir = storage.join(run_dir, "eval", split)
-        metrics = evaluate_split(config, hf_dir, split, data_path, out_dir)
+        metrics = evaluate_split(config, hf_dir, split, data_path, out_dir, plan)
         score_dirs.append(out_dir)
-        summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("overall_accuracy", "exact_match", "valid_rate") if k in metrics)
+        keys = ("overall_accuracy", "exact_match", "valid_rate") if plan.task == "viggo" else ("field_f1", "exact_match", "valid_json_rate", "schema_adherence_rate")
+        summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if metrics.get(k) is not None)
         done(t, f"{split}: {summary}")
     t = step(5, total, "report")
     report = storage.join(run_dir, "report.md")

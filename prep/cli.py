@@ -1,4 +1,4 @@
-"""``parsetune prep``: ViGGO and JSON-extraction sources to prompt/completion JSONL; the base model."""
+"""``parsetune prep``: ViGGO, JSON-extraction and ViGGO-as-JSON sources to prompt/completion JSONL; the base model."""
 
 from __future__ import annotations
 
@@ -40,12 +40,22 @@ def prepare_and_report(request) -> int:
         tokens = f", tokens max {s.tokens['max_total']} p99 {s.tokens['p99_total']}" if s.tokens else ""
         print(f"{s.split}: {s.rows} rows -> {out}/{s.file}{tokens}")
     print(f"manifest: {out}/manifest.json")
+    if request.task != "viggo":
+        from parsetune.tasks.json_form import prepared_schema_path
+
+        schema = prepared_schema_path(out)
+        if schema:
+            print(f"schema: {schema}")
     print(f"done in {time.monotonic() - start:.1f} s")
     return 0
 
 
 def run_viggo(args) -> int:
     return prepare_and_report(request_from_args(args, "viggo", train=args.train, validation=args.validation, test=args.test, hf=args.hf))
+
+
+def run_viggo_json(args) -> int:
+    return prepare_and_report(request_from_args(args, "viggo-json", train=args.train, validation=args.validation, test=args.test, hf=args.hf))
 
 
 def run_json(args) -> int:
@@ -64,6 +74,14 @@ def run_model(args) -> int:
     return 0
 
 
+def add_viggo_sources(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train", metavar="PATH", help="train split file (.csv or .jsonl)")
+    parser.add_argument("--validation", metavar="PATH", help="validation split file")
+    parser.add_argument("--test", metavar="PATH", help="optional test split file")
+    parser.add_argument("--hf", metavar="NAME", help="load from the Hugging Face hub with datasets, e.g. GEM/viggo")
+    parser.add_argument("--out", required=True, help=OUTPUT_HELP)
+
+
 def register(subparsers) -> None:
     prep = subparsers.add_parser(
         "prep",
@@ -71,7 +89,7 @@ def register(subparsers) -> None:
         description="Turn sources into prompt/completion JSONL (id, input, output) with a manifest, "
         "or fetch and convert the offline base model.",
     )
-    kinds = prep.add_subparsers(dest="prep_kind", metavar="{viggo,json,model}", required=True)
+    kinds = prep.add_subparsers(dest="prep_kind", metavar="{viggo,json,viggo-json,model}", required=True)
 
     viggo = kinds.add_parser(
         "viggo",
@@ -81,13 +99,25 @@ def register(subparsers) -> None:
         "(train 5103 / validation 714 rows, CC BY-SA 4.0) is used. Every MR must parse as "
         "fn(attr[value], ...) with a known function; on any bad row nothing is written.",
     )
-    viggo.add_argument("--train", metavar="PATH", help="train split file (.csv or .jsonl)")
-    viggo.add_argument("--validation", metavar="PATH", help="validation split file")
-    viggo.add_argument("--test", metavar="PATH", help="optional test split file")
-    viggo.add_argument("--hf", metavar="NAME", help="load from the Hugging Face hub with datasets, e.g. GEM/viggo")
-    viggo.add_argument("--out", required=True, help=OUTPUT_HELP)
+    add_viggo_sources(viggo)
     add_prompt_options(viggo, VIGGO_INSTRUCTION, VIGGO_QUERY)
     viggo.set_defaults(func=run_viggo)
+
+    viggo_json = kinds.add_parser(
+        "viggo-json",
+        help="ViGGO as text-to-JSON extraction, with a JSON Schema learned from the train split",
+        description="Prepare ViGGO (same sources as `prep viggo`) as a JSON task: each MR becomes a JSON "
+        'object, e.g. {"intent":"inform","name":"BioShock","release_year":2007,"genres":["shooter"],'
+        '"has_mac_release":true}: intent = the function, then the attributes in canonical order; list '
+        "attributes as arrays, yes/no attributes as booleans, integer attributes as numbers, the rest "
+        "strings (each decided from the train split), an empty value as null. Writes OUT/schema.json, the "
+        "JSON Schema learned from the train split (types, enums for closed attributes, intent required, no "
+        "other keys), named in the manifest; every target of every split must satisfy it. ViGGO is CC BY-SA "
+        "4.0 (the manifest carries the attribution).",
+    )
+    add_viggo_sources(viggo_json)
+    add_prompt_options(viggo_json, JSON_INSTRUCTION, JSON_QUERY)
+    viggo_json.set_defaults(func=run_viggo_json)
 
     js = kinds.add_parser(
         "json",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from parsetune.tasks.json_form import canonical_json, load_json_schema, loads_strict, make_validator
+from parsetune.tasks.json_form import canonical_json, load_json_schema, loads_strict, make_validator, schema_violation
 from parsetune.errors import UserError
 from prep.readers import read_rows, require_text
 from prep.records import SourceExample
@@ -45,26 +45,24 @@ def parse_target(raw: object, field: str, location: str) -> object:
     return raw
 
 
-def check_against_schema(value: object, schema: dict | None, location: str) -> None:
-    if schema is None:
+def check_against_schema(value: object, validator, location: str, schema_path: str | None) -> None:
+    if validator is None:
         return
-    import jsonschema
-
-    error = jsonschema.exceptions.best_match(make_validator(schema).iter_errors(value))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise UserError(f"{location}: target does not match the schema at {where}: {error.message}")
+    problem = schema_violation(value, validator)
+    if problem is not None:
+        raise UserError(f"{location}: target does not match the schema {schema_path} {problem}")
 
 
-def load_json_split(split: str, path: str, fields: JsonFields, schema: dict | None) -> list[SourceExample]:
+def load_json_split(split: str, path: str, fields: JsonFields, schema: dict | None, schema_path: str | None = None) -> list[SourceExample]:
     fmt, rows = read_rows(path, (fields.text, fields.target))
+    validator = make_validator(schema) if schema is not None else None
     examples = []
     seen: dict[str, str] = {}
     for index, (line, row) in enumerate(rows):
         location = f"{path}:{line}"
         text = require_text(row.get(fields.text), fields.text, location)
         target = parse_target(row.get(fields.target), fields.target, location)
-        check_against_schema(target, schema, location)
+        check_against_schema(target, validator, location, schema_path)
         raw_id = row.get(fields.id)
         example_id = str(raw_id) if raw_id not in (None, "") else f"{split}-{index}"
         if example_id in seen:

@@ -21,7 +21,7 @@ from prep.records import SourceExample
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "parsetune.prepared/v1"
-STANDARD_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl")  # replaced along with a set even without its manifest
+STANDARD_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "schema.json")  # replaced along with a set even without its manifest
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,10 @@ def write_prepared(
     options: dict,
     tokenizer_path: str | None = None,
     task_data: dict | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> list[SplitSummary]:
-    """Write ``DEST/<split>.jsonl`` for every split and ``DEST/manifest.json``; all or nothing."""
+    """Write ``DEST/<split>.jsonl`` for every split, ``extra_files`` (a JSON set's ``schema.json``)
+    and ``DEST/manifest.json``; all or nothing."""
     payloads = {split: records_to_jsonl(records) for split, records in splits.items()}
     summaries = [
         SplitSummary(
@@ -91,6 +93,7 @@ def write_prepared(
         **(task_data or {}),
     }
     files = {summary.file: payloads[summary.split] for summary in summaries}
+    files.update(extra_files or {})
     files[MANIFEST_NAME] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     owned = {MANIFEST_NAME, *STANDARD_FILES, *previous_files(dest)}
     fileset.publish(dest, files, commit=MANIFEST_NAME, owned=owned.__contains__)
@@ -101,7 +104,8 @@ def previous_files(dest: str) -> set[str]:
     """The split files named by the manifest already at ``dest`` (none when there is no readable one)."""
     try:
         manifest = read_manifest(dest)
-        return {info["file"] for info in manifest["splits"].values()}
+        schema = [manifest["schema"]] if isinstance(manifest.get("schema"), str) else []
+        return {info["file"] for info in manifest["splits"].values()} | set(schema)
     except (UserError, ValueError, KeyError, TypeError, AttributeError):
         return set()
 

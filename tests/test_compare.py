@@ -86,3 +86,72 @@ def test_metrics_without_required_keys(tmp_path):
     (d / "metrics.json").write_text(json.dumps({"n": 3}))
     with pytest.raises(UserError, match="missing function_name_accuracy"):
         compare_runs([str(d)], str(tmp_path / "r.md"))
+
+
+def _json_score_dir(tmp_path, name, predictions, schema=None):
+    """`eval score --task json` on hand-made predictions of ViGGO-as-JSON references."""
+    from eval.score import score_predictions
+
+    references = [
+        {"intent": "inform", "name": "BioShock", "release_year": 2007, "genres": ["shooter"]},
+        {"intent": "request_attribute", "genres": None},
+    ]
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "input": "t", "reference": json.dumps(r), "prediction": p}) + "\n"
+                            for i, (r, p) in enumerate(zip(references, predictions))))
+    schema_path = None
+    if schema is not None:
+        schema_path = tmp_path / "schema.json"
+        schema_path.write_text(json.dumps(schema))
+    out = tmp_path / name
+    score_predictions(str(path), str(out), task="json", schema_path=str(schema_path) if schema_path else None)
+    return out
+
+
+def test_json_report_has_the_json_table_and_per_field(tmp_path):
+    from eval.compare import compare_runs
+
+    schema = {"type": "object", "properties": {"intent": {"type": "string"}}, "required": ["intent"]}
+    good = _json_score_dir(tmp_path, "good", ['{"intent":"inform","name":"BioShock","release_year":2007,"genres":["shooter"]}',
+                                              '{"intent":"request_attribute","genres":null}'], schema)
+    bad = _json_score_dir(tmp_path, "bad", ['{"intent":"inform","name":"Bioshock","release_year":2007}', '{"intent": '], schema)
+    text = compare_runs([str(good), str(bad)], str(tmp_path / "report.md"), names=["good", "bad"])
+    assert text.startswith("# JSON extraction evaluation comparison")
+    assert "| metric | good | bad |" in text
+    assert "| valid JSON | 1.000 | 0.500 |" in text
+    assert "| schema-valid | 1.000 | 0.500 |" in text
+    assert "| exact match | 1.000 | 0.000 |" in text
+    assert "| field precision | 1.000 | 0.667 |" in text  # bad: intent and release_year right, name wrong
+    assert "| field recall | 1.000 | 0.333 |" in text  # of 6 reference fields
+    assert "function name" not in text and "Confusion" not in text
+    per_field = text.split("## Per field: bad")[1]
+    assert "| name | 1 | 1 | 0 | 0.000 | 0.000 |" in per_field
+    assert "| genres | 2 | 0 | 0 | — | 0.000 |" in per_field
+
+
+def test_json_without_schema_shows_a_dash(tmp_path):
+    from eval.compare import compare_runs
+
+    run = _json_score_dir(tmp_path, "free", ['{"intent":"inform"}', "{}"])
+    text = compare_runs([str(run)], str(tmp_path / "r.md"))
+    assert "| schema-valid | — |" in text
+
+
+def test_runs_of_different_tasks_are_refused(tmp_path):
+    from eval.compare import compare_runs
+    from parsetune.errors import UserError
+
+    viggo = _score_dir(tmp_path / "viggo", 0.5, {})
+    js = _json_score_dir(tmp_path, "js", ['{"intent":"inform"}', "{}"])
+    with pytest.raises(UserError, match="cannot compare runs of different tasks \\(json, viggo\\)"):
+        compare_runs([str(viggo), str(js)], str(tmp_path / "r.md"))
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_per_field_lists_reference_keys_first():
+    from eval.json_metrics import per_field
+
+    stats = per_field(['{"extra": 1, "a": 1}', '{"b": 2}'], [{"a": 1}, {"b": 3}])
+    assert list(stats) == ["a", "b", "extra"]
+    assert stats["a"] == {"n": 1, "predicted": 1, "correct": 1, "precision": 1.0, "recall": 1.0}
+    assert stats["b"]["correct"] == 0 and stats["extra"]["n"] == 0 and stats["extra"]["recall"] is None

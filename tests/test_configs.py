@@ -57,7 +57,7 @@ def test_cpu_config_trains_on_what_parsetune_run_prepares(path: Path):
     config = parse_config(str(path), [])
     assert (config.data.train, config.data.validation) == prepared_splits(config.run_dir)
     header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
-    assert "data/viggo" not in header and f"parsetune prep viggo --out {config.run_dir}/prep" in header
+    assert "data/viggo" not in header and f"parsetune prep {config.prep.task} --out {config.run_dir}/prep" in header
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if "tpu" in p.name], ids=lambda p: p.name)

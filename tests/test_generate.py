@@ -191,7 +191,7 @@ def test_limit(tiny_model_dir, tmp_path):
         (["--model", "{tmp}"], "no config.json"),
         (["--data", "{tmp}/bad.jsonl"], "bad.jsonl:2: malformed JSON"),
         (["--constrain", "xml"], "unknown --constrain 'xml'"),
-        (["--constrain", "json-schema"], "--constrain json-schema FILE"),
+        (["--constrain", "json-schema"], "--constrain json-schema without FILE"),
     ],
 )
 def test_cli_errors_are_one_line_and_write_nothing(tiny_model_dir, tmp_path, capsys, args, message):

@@ -71,3 +71,51 @@ def load_json_schema(path: str) -> dict[str, Any]:
         message = getattr(exc, "message", str(exc))
         raise UserError(f"{path}: invalid JSON Schema ({message})") from None
     return schema
+
+
+def compact_json(value: Any) -> str:
+    """Compact JSON keeping the order of object keys (``canonical_json`` sorts them): the spelling of
+    targets whose schema fixes the property order, as a schema-constrained decoder writes them."""
+    return json.dumps(_canon_value(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def schema_violation(value: Any, validator: Any) -> str | None:
+    """Why ``value`` does not satisfy the schema of ``validator`` (``make_validator``), as
+    ``"at genres/0: 'x' is not one of [...]"``; ``None`` when it does."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+    return f"at {where}: {error.message}"
+
+
+SCHEMA_FILE = "schema.json"  # a prepared JSON set's schema, beside its manifest (manifest key "schema")
+
+
+def prepared_schema_path(prep_dir: str) -> str | None:
+    """The JSON Schema of the prepared set in ``prep_dir`` (named by its ``manifest.json``), or
+    ``None`` when there is no manifest or it names no schema."""
+    from parsetune import storage
+
+    manifest_path = storage.join(prep_dir, "manifest.json")
+    if not storage.exists(manifest_path):
+        return None
+    try:
+        manifest = json.loads(storage.read_text(manifest_path))
+    except ValueError as err:
+        raise UserError(f"{manifest_path}: not valid JSON ({err})") from None
+    name = manifest.get("schema") if isinstance(manifest, dict) else None
+    return storage.join(prep_dir, name) if isinstance(name, str) and name else None
+
+
+def schema_beside(data_path: str) -> str | None:
+    """The JSON Schema named by the manifest beside the prepared split file ``data_path``, if any."""
+    import os
+    import posixpath
+
+    from parsetune import storage
+
+    directory = posixpath.dirname(data_path) if storage.is_gcs(data_path) else os.path.dirname(os.path.abspath(data_path))
+    return prepared_schema_path(directory)
