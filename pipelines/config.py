@@ -55,6 +55,9 @@ class LoraMethodConfig(MethodConfig):
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: str = DEFAULT_LORA_TARGETS  # a regex over Levanter module paths, matched from the start
+    # keep the frozen base linear weights quantized in memory, dequantized in the forward (QLoRA-style):
+    # int8 (per output channel) | nf4 (4-bit NormalFloat, blocks of 64); None: float (pipelines/quantized_base.py)
+    quantize_base: Optional[str] = None
 
 
 @dataclass(frozen=True)

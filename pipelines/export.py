@@ -22,6 +22,7 @@ from parsetune import storage
 from parsetune.distributed import host_local_copy, is_chief
 from parsetune.hf_files import read_hf_config
 from pipelines.levanter_compat import merge_lora, peft_prefix, restack_layers
+from pipelines.quantized_base import dequantize_base
 
 EXPORT_MARKER = "parsetune_export.json"
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -86,8 +87,9 @@ def _staging_dir(out_dir: str | None) -> str:
 
 def export_merged_hf(model, converter, base_model_dir: str, out_dir: str, marker: dict, is_lora: bool) -> None:
     """Write the (LoRA-merged) model as an HF checkpoint at ``out_dir``. Every host of a pod calls
-    this (the weights are gathered from all of them); only the chief writes."""
-    model = restack_layers(model)
+    this (the weights are gathered from all of them); only the chief writes. A quantized base
+    (``method.quantize_base``) is written dequantized, in full precision."""
+    model = dequantize_base(restack_layers(model))
     merged = host_local_copy(merge_lora(model) if is_lora else model)
     staging = _staging_dir(out_dir if is_chief() else None)
     try:

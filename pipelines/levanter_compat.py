@@ -60,6 +60,10 @@ def loraize_from_base(model, config: LoraConfig, key):
 
 def _merge_keep_axes(module):
     if isinstance(module, LoraLinear):
+        from pipelines.quantized_base import QuantizedLinear
+
+        if isinstance(module.wrapped, QuantizedLinear):  # a quantized base (method.quantize_base) merges in float
+            module = dataclasses.replace(module, wrapped=module.wrapped.to_linear())
         merged = module.merge()
         return dataclasses.replace(merged, weight=merged.weight.rearrange(module.wrapped.weight.axes))
     return module
@@ -67,7 +71,8 @@ def _merge_keep_axes(module):
 
 @hax.named_jit
 def merge_lora(model):
-    """Fold every LoRA adapter into its wrapped weight, keeping the wrapped weight's axis order."""
+    """Fold every LoRA adapter into its wrapped weight, keeping the wrapped weight's axis order.
+    A quantized wrapped layer is dequantized first (other quantized layers stay as they are)."""
     return jax.tree_util.tree_map(_merge_keep_axes, model, is_leaf=lambda n: isinstance(n, LoraLinear))
 
 

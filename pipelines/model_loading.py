@@ -38,6 +38,11 @@ def load_model(config: TrainConfig, converter, trainer):
     if count_lora_modules(model) == 0:
         raise UserError(f"method.target_modules {config.method.target_modules!r} matches no linear layer of {config.model}")
     model = with_compute_choices(model, config)  # LoRA's own A and B layers too
+    if config.method.quantize_base:
+        from pipelines.quantized_base import quantize_base
+
+        kind = config.method.quantize_base  # the float weights are donated: only the codes stay
+        model = hax.named_jit(lambda m: quantize_base(m, kind), axis_resources=trainer.parameter_axis_mapping, donate_args=(True,))(model)
     return model, lora_trainable_params_filter(model)
 
 

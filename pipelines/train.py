@@ -110,6 +110,7 @@ def check_inputs(config: TrainConfig, chief: bool = True) -> None:
     """Everything that can be checked before RUN_DIR is touched."""
     from pipelines.wandb_check import check_wandb_login
 
+    check_method(config)
     if chief:  # the other hosts of a pod get a no-op tracker
         check_wandb_login(config)
     for name, path in (("data.train", config.data.train), ("data.validation", config.data.validation)):
@@ -121,6 +122,14 @@ def check_inputs(config: TrainConfig, chief: bool = True) -> None:
         config.compute.remat_policy()
     except ValueError as err:
         raise UserError(f"compute: {err}") from err
+
+
+def check_method(config: TrainConfig) -> None:
+    from pipelines.quantize import KINDS
+
+    kind = getattr(config.method, "quantize_base", None)
+    if kind is not None and kind not in KINDS:
+        raise UserError(f"method.quantize_base: unknown quantization {kind!r} (expected {' or '.join(KINDS)}, or null for float weights)")
 
 
 def eval_batches(packed: PackedSequences, batch_size: int, Pos: hax.Axis, Batch: hax.Axis) -> list:
@@ -302,10 +311,10 @@ def parse_config(config_path: str, overrides: list[str]) -> TrainConfig:
         reason = next((line.split("error:", 1)[1].strip() for line in messages.getvalue().splitlines() if "error:" in line), "")
         raise UserError(f"{config_path}: {reason or 'invalid config or override'} (see --help for the config keys)") from err
     except DecodingError as err:
-        raise UserError(f"{config_path}: {decoding_error_line(err)}") from err
+        raise UserError(f"{config_path}: {lora_only_hint(decoding_error_line(err))}") from err
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{config_path}: {first}") from err
+        raise UserError(f"{config_path}: {lora_only_hint(first)}") from err
     from pipelines.wandb_check import check_wandb_mode
 
     try:
@@ -313,6 +322,21 @@ def parse_config(config_path: str, overrides: list[str]) -> TrainConfig:
     except UserError as err:
         raise UserError(f"{config_path}: {err}") from None
     return config
+
+
+def lora_only_hint(message: str) -> str:
+    """draccus's "method: The fields `quantize_base` are not valid for FullConfig" as
+    "method.quantize_base: LoRA only (method.type: lora); a full fine-tune trains every weight in float"."""
+    import re
+
+    from pipelines.config import LoraMethodConfig
+
+    match = re.fullmatch(r"method: The fields? (.+) (?:are|is) not valid for FullConfig", message.strip())
+    fields = re.findall(r"`([^`]+)`", match.group(1)) if match else []
+    if not fields or not set(fields) <= {f.name for f in dataclasses.fields(LoraMethodConfig)}:
+        return message
+    names = ", ".join(f"method.{name}" for name in fields)
+    return f"{names}: LoRA only (method.type: lora); a full fine-tune trains every weight in float"
 
 
 def decoding_error_line(err: DecodingError) -> str:
