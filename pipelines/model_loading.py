@@ -41,8 +41,8 @@ def load_model(config: TrainConfig, converter, trainer):
     if config.method.quantize_base:
         from pipelines.quantized_base import quantize_base
 
-        kind = config.method.quantize_base  # the float weights are donated: only the codes stay
-        model = hax.named_jit(lambda m: quantize_base(m, kind), axis_resources=trainer.parameter_axis_mapping, donate_args=(True,))(model)
+        kind = config.method.quantize_base  # the float weights are freed once quantized (no reference is kept)
+        model = hax.named_jit(lambda m: quantize_base(m, kind), axis_resources=trainer.parameter_axis_mapping)(model)
     return model, lora_trainable_params_filter(model)
 
 

@@ -3,8 +3,6 @@ take in memory, the forward, training with the real trainer, the export, the con
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -114,28 +112,45 @@ def tiny_data(tiny_model_dir, tmp_path_factory):
     return prepare_tiny_data(tmp_path_factory.mktemp("data"), tiny_model_dir)
 
 
-@pytest.fixture(scope="module")
-def nf4_run(tmp_path_factory, tiny_model_dir, tiny_data):
-    root = tmp_path_factory.mktemp("qlora-nf4")
-    config = tiny_config(root / "config.yaml", tiny_model_dir, tiny_data, root / "run", {"type": "lora", "r": 4, "alpha": 8, "quantize_base": "nf4"})
-    result = run_train(config)
+def _qlora_run(tmp_path_factory, tiny_model_dir, tiny_data, kind, *overrides):
+    root = tmp_path_factory.mktemp(f"qlora-{kind}")
+    method = {"type": "lora", "r": 4, "alpha": 8, "quantize_base": kind}
+    result = run_train(tiny_config(root / "config.yaml", tiny_model_dir, tiny_data, root / "run", method), *overrides)
     assert result.returncode == 0, result.stderr[-4000:]
     return root / "run"
 
 
-def test_lora_on_an_nf4_base_trains(nf4_run):
-    losses = train_losses(nf4_run)
+@pytest.fixture(scope="module")
+def nf4_run(tmp_path_factory, tiny_model_dir, tiny_data):
+    """Levanter's default compute: scanned (stacked) layers."""
+    return _qlora_run(tmp_path_factory, tiny_model_dir, tiny_data, "nf4")
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory, tiny_model_dir, tiny_data):
+    """The CPU configs' compute: unrolled layers (BlockSeq), no remat."""
+    return _qlora_run(tmp_path_factory, tiny_model_dir, tiny_data, "int8", "--compute.scan_layers", "false", "--compute.gradient_checkpointing", "false")
+
+
+@pytest.mark.parametrize("run", ["nf4_run", "int8_run"])
+def test_lora_on_a_quantized_base_trains(run, request):
+    losses = train_losses(request.getfixturevalue(run))
     assert sorted(losses) == list(range(6))
     assert losses[5] < losses[0] - 0.1, losses
 
 
-def test_export_is_the_quantized_model_in_float(nf4_run):
-    """RUN_DIR/hf (dequantized base + merged LoRA) gives the in-memory quantized + LoRA model's logits."""
-    hf = hf_logits(nf4_run / "hf", PROMPTS)
-    jx = jax_logits(nf4_run / "checkpoints" / "step-5", [ids for ids, _ in hf])
+@pytest.mark.parametrize("run", ["nf4_run", "int8_run"])
+def test_export_is_the_quantized_model_in_float(run, request):
+    """RUN_DIR/hf (dequantized base + merged LoRA) gives the in-memory quantized + LoRA model's logits
+    (rebuilt from the run's config and its last checkpoint)."""
+    run_dir = request.getfixturevalue(run)
+    hf = hf_logits(run_dir / "hf", PROMPTS)
+    jx = jax_logits(run_dir / "checkpoints" / "step-5", [ids for ids, _ in hf])
     for (_, torch_logits), jax_l in zip(hf, jx):
         np.testing.assert_allclose(torch_logits, jax_l, atol=1e-4, rtol=0)
-    assert json.loads((nf4_run / "hf" / "config.json").read_text())["torch_dtype"] == "float32"
+    from safetensors.numpy import load_file
+
+    assert {str(w.dtype) for w in load_file(str(run_dir / "hf" / "model.safetensors")).values()} == {"float32"}
 
 
 def test_peft_adapter_loads_on_the_original_base(nf4_run, tiny_model_dir):
