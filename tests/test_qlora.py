@@ -8,7 +8,7 @@ import pytest
 
 from conftest import levanter_model
 from test_train_e2e import PROMPTS, hf_logits, jax_logits
-from train_helpers import prepare_tiny_data, run_train, tiny_config, train_losses
+from train_helpers import metrics, prepare_tiny_data, run_train, tiny_config, train_losses
 
 
 def loraized(model):
@@ -122,8 +122,9 @@ def _qlora_run(tmp_path_factory, tiny_model_dir, tiny_data, kind, *overrides):
 
 @pytest.fixture(scope="module")
 def nf4_run(tmp_path_factory, tiny_model_dir, tiny_data):
-    """Levanter's default compute: scanned (stacked) layers."""
-    return _qlora_run(tmp_path_factory, tiny_model_dir, tiny_data, "nf4")
+    """Levanter's default compute: scanned (stacked) layers; task metrics (generation) at eval steps."""
+    return _qlora_run(tmp_path_factory, tiny_model_dir, tiny_data, "nf4",
+                      "--task_eval.examples", "4", "--task_eval.batch_size", "4", "--task_eval.max_new_tokens", "16")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +138,11 @@ def test_lora_on_a_quantized_base_trains(run, request):
     losses = train_losses(request.getfixturevalue(run))
     assert sorted(losses) == list(range(6))
     assert losses[5] < losses[0] - 0.1, losses
+
+
+def test_task_metrics_decode_with_the_quantized_model(nf4_run):
+    rows = [r for r in metrics(nf4_run) if "task_exact_match" in r]
+    assert [r["step"] for r in rows] == [2, 5] and all(r["task_rows"] == 4 for r in rows)
 
 
 @pytest.mark.parametrize("run", ["nf4_run", "int8_run"])
