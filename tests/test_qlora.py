@@ -104,6 +104,31 @@ def test_dequantized_weights_keep_the_linear_axes(in_memory):
             assert quantized.axes == floats.axes
 
 
+def test_merge_lora_on_a_quantized_base(in_memory):
+    """What the task metrics decode with: LoRA folded into the dequantized weights, same logits."""
+    from pipelines.levanter_compat import merge_lora
+
+    models, out = in_memory
+    for kind in ("int8", "nf4"):
+        np.testing.assert_allclose(logits(merge_lora(models[kind])), out[kind], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_codes_shard_like_the_weights_under_tensor_parallelism(tiny_model_dir):
+    """int8 codes keep the weight's axes, so they shard exactly like it; nf4 codes shard on the
+    output axes (their packed input axis is replicated)."""
+    from test_tensor_parallel import model_sharded, probe
+
+    axes = ["mlp", "heads", "kv_head", "vocab"]
+    int8 = probe(tiny_model_dir, axes, method="lora-int8")["params"]
+    for name, axis in [("q_proj", "kv_head"), ("o_proj", "heads"), ("up_proj", "mlp"), ("down_proj", "mlp")]:
+        assert model_sharded(int8, f"{name}.wrapped.codes") == {axis}, name
+    nf4 = probe(tiny_model_dir, axes, method="lora-nf4")["params"]
+    for name, axis in [("q_proj", {"kv_head"}), ("up_proj", {"mlp"}), ("o_proj", set()), ("down_proj", set())]:
+        assert model_sharded(nf4, f"{name}.wrapped.codes") == axis, name
+        assert model_sharded(nf4, f"{name}.wrapped.scales") == axis, name
+
+
 # --- the real trainer -------------------------------------------------------------------------
 
 

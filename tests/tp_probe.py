@@ -22,7 +22,9 @@ def main(model_dir: str, model_axis_size: int, axes: list[str], method: str) -> 
         id="tp-probe", tracker=NoopConfig(), require_accelerator=False, model_axis_size=model_axis_size,
         tensor_parallel_axes=axes, train_batch_size=4,
     )
-    config = TrainConfig(model=model_dir, trainer=trainer_config, method=LoraMethodConfig() if method == "lora" else FullConfig())
+    # method: full | lora | lora-int8 | lora-nf4 (LoRA on a quantized base)
+    lora = LoraMethodConfig(quantize_base=method.split("-", 1)[1] if "-" in method else None)
+    config = TrainConfig(model=model_dir, trainer=trainer_config, method=FullConfig() if method == "full" else lora)
     converter = converter_for_checkpoint(model_dir)
 
     with Trainer(trainer_config, optax.sgd(0.1), loss_fn=lambda *a, **k: 0.0, add_default_hooks=False) as trainer:
