@@ -23,6 +23,8 @@ full-precision model, LoRA merged). ``base_weight_bytes`` counts what the frozen
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 
 import equinox as eqx
@@ -97,9 +99,12 @@ class QuantizedLinear(eqx.Module):
 
     @named_call
     def __call__(self, inputs, *, key=None):
-        """``haliax.nn.Linear.__call__`` on the dequantized weight."""
+        """``haliax.nn.Linear.__call__`` on the dequantized weight. The backward pass dequantizes
+        again (``_project``) instead of keeping the float weight as a residual, which without remat
+        would bring back a float copy of every layer; the output keeps the name that
+        ``save_linear_outputs()`` saves."""
         del key
-        q = inputs.dot(self.weight * self.reparam.active_scale, axis=self.In, dot_general=self.dot_general)
+        q = _project(self, inputs)
         q = hax.auto_sharded(q)
         if self.bias is not None:
             q = hax.auto_sharded(q + self.bias)
@@ -107,6 +112,22 @@ class QuantizedLinear(eqx.Module):
 
     def to_linear(self) -> hnn.Linear:
         return hnn.Linear(self.weight, self.bias, self.In, self.Out, dot_general=self.dot_general, _reparam_cls=self._reparam_cls)
+
+
+@functools.partial(eqx.filter_checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
+def _dequantized_dot(layer: "QuantizedLinear", inputs):
+    return inputs.dot(layer.weight * layer.reparam.active_scale, axis=layer.In, dot_general=layer.dot_general)
+
+
+def _project(layer: "QuantizedLinear", inputs):
+    """``inputs · dequantize(layer)``, rematerialised: the backward pass dequantizes again rather than
+    keeping the float weight (the recomputed product itself is dropped: XLA sees it unused)."""
+    from jax.ad_checkpoint import checkpoint_name
+
+    from pipelines.dot_vjp import LINEAR_OUTPUT
+
+    out = _dequantized_dot(layer, inputs)
+    return dataclasses.replace(out, array=checkpoint_name(out.array, LINEAR_OUTPUT))
 
 
 def _is_linear_or_adapter(node) -> bool:
