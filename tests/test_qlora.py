@@ -184,6 +184,19 @@ def test_export_is_the_quantized_model_in_float(run, request):
     assert {str(w.dtype) for w in load_file(str(run_dir / "hf" / "model.safetensors")).values()} == {"float32"}
 
 
+def test_export_command_for_a_saved_step(int8_run, tmp_path):
+    """``parsetune export`` rebuilds the quantized model from the run's config and writes it in float."""
+    from conftest import run_cli
+
+    out = tmp_path / "step2"
+    result = run_cli("export", "--checkpoint", str(int8_run / "checkpoints" / "step-2"), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    hf = hf_logits(out, PROMPTS)
+    jx = jax_logits(int8_run / "checkpoints" / "step-2", [ids for ids, _ in hf])
+    for (_, torch_logits), jax_l in zip(hf, jx):
+        np.testing.assert_allclose(torch_logits, jax_l, atol=1e-4, rtol=0)
+
+
 def test_peft_adapter_loads_on_the_original_base(nf4_run, tiny_model_dir):
     """The adapter is the LoRA trained on the quantized base; on the float base it adds the same
     delta: exported weight = dequantize(quantize(base)) + (PEFT-merged weight - base)."""
