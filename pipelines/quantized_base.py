@@ -4,8 +4,9 @@
 integer codes and float scales (``pipelines/quantize.py``) instead of the float weight, and its
 ``__call__`` is ``Linear.__call__`` with the weight dequantized on the fly, inside the jitted step.
 ``quantize_base`` swaps it in for every ``Linear`` of a loraized model except LoRA's own A and B:
-the ``wrapped`` layer of each ``LoraLinear`` and the linear layers LoRA does not target (an untied
-``lm_head`` too). Embeddings and norms stay in float.
+the ``wrapped`` layer of each ``LoraLinear`` and the linear layers LoRA does not target. An untied
+``lm_head`` stays float (as transformers/bitsandbytes keep the output layer), and so do embeddings
+and norms.
 
 Training treats the codes as frozen without help: Levanter trains only the LoRA filter's leaves and,
 of those, only floating-point arrays; gradients, optimizer state and checkpoints hold none of the
@@ -145,7 +146,10 @@ def quantize_base(model, kind: str):
     def swap(node):
         return QuantizedLinear.from_linear(node, kind) if isinstance(node, hnn.Linear) else node
 
-    return jax.tree_util.tree_map(swap, model, is_leaf=_is_linear_or_adapter)
+    quantized = jax.tree_util.tree_map(swap, model, is_leaf=_is_linear_or_adapter)
+    if isinstance(getattr(model, "lm_head", None), hnn.Linear):  # the output layer stays float, as in bitsandbytes
+        quantized = eqx.tree_at(lambda m: m.lm_head, quantized, model.lm_head)
+    return quantized
 
 
 @hax.named_jit

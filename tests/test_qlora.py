@@ -113,6 +113,17 @@ def test_merge_lora_on_a_quantized_base(in_memory):
         np.testing.assert_allclose(logits(merge_lora(models[kind])), out[kind], atol=1e-5, rtol=0)
 
 
+def test_an_untied_lm_head_stays_float(tiny_family_dir):
+    import haliax as hax
+    import haliax.nn as hnn
+
+    from pipelines.quantized_base import count_quantized, quantize_base
+
+    with levanter_model(tiny_family_dir("llama3")) as (model, _, _):
+        quantized = hax.named_jit(lambda m: quantize_base(m, "nf4"))(loraized(model))
+        assert isinstance(quantized.lm_head, hnn.Linear) and count_quantized(quantized) == 7
+
+
 @pytest.mark.slow
 def test_codes_shard_like_the_weights_under_tensor_parallelism(tiny_model_dir):
     """int8 codes keep the weight's axes, so they shard exactly like it; nf4 codes shard on the
