@@ -66,6 +66,19 @@ def special_ids(model_dir: str, config: dict[str, Any], tokenizer) -> tuple[list
     return eos, int(pad)
 
 
+def base_and_soft_prompt(model_dir: str):
+    """``(model_dir, None)`` for a checkpoint; for a PEFT prompt-tuning adapter (``parsetune train``
+    with ``method.type: prompt_tuning`` writes RUN_DIR/adapter), its base model and soft prompt."""
+    from parsetune.soft_prompt import is_prompt_adapter, read_adapter
+
+    if not is_prompt_adapter(model_dir):
+        return model_dir, None
+    adapter = read_adapter(model_dir)
+    if not storage.exists(storage.join(adapter.base_model, "config.json")):
+        raise UserError(f"{model_dir}: its base model {adapter.base_model} (base_model_name_or_path) has no config.json here")
+    return adapter.base_model, adapter.prompt
+
+
 def generate_predictions(
     model_dir: str,
     data_path: str,
@@ -99,6 +112,7 @@ def generate_predictions(
 
     if not storage.is_gcs(model_dir) and not os.path.isdir(model_dir):
         raise UserError(f"{model_dir}: model directory not found")
+    model_dir, soft_prompt = base_and_soft_prompt(model_dir)
     check_generates(model_dir)
     records = read_prompts(data_path, limit)
     from eval.compile_cache import enable_compilation_cache
@@ -113,7 +127,7 @@ def generate_predictions(
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     eos_ids, pad_id = special_ids(model_dir, config, tokenizer)
-    model = GenerationModel.load(model_dir, dtype, model_axis_size)
+    model = GenerationModel.load(model_dir, dtype, model_axis_size, soft_prompt=soft_prompt)
     grounding = read_grounding(data_path) if constrain == "viggo" else None
     constraint = build_constraint(constrain, tokenizer, model.vocab_size, eos_ids, schema_path, grounding, ground_values)
     import jax
@@ -161,9 +175,12 @@ def decode_records(
 
     from eval.decoding import BatchDecoder, bucket_length
 
-    prompts = [tokenizer(r.input)["input_ids"] for r in records]
+    from parsetune.soft_prompt import prefix_ids
+
+    prefix = prefix_ids(model.model)  # prompt tuning: the soft prompt's virtual ids come first
+    prompts = [prefix + tokenizer(r.input)["input_ids"] for r in records]
     for record, ids in zip(records, prompts):
-        if not ids:
+        if len(ids) == len(prefix):
             raise UserError(f"{where}: row {record.id!r}: the prompt encodes to no tokens")
     bucket = prompt_bucket(max(len(p) for p in prompts))
     slots = bucket_length(max(len(p) for p in prompts), bucket) + max_new_tokens + draft_tokens

@@ -55,7 +55,9 @@ class GenerationModel:
     dtype: Any
 
     @classmethod
-    def load(cls, model_dir: str, dtype: str = "auto", model_axis_size: int = 1) -> "GenerationModel":
+    def load(cls, model_dir: str, dtype: str = "auto", model_axis_size: int = 1, soft_prompt=None) -> "GenerationModel":
+        """``soft_prompt`` (``[K, hidden]``, from a prompt-tuning adapter): read before every prompt
+        (``parsetune.soft_prompt``; ``eval.generate`` puts the virtual ids first)."""
         import haliax as hax
         import jax
         import jax.numpy as jnp
@@ -78,6 +80,10 @@ class GenerationModel:
         jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
         with hax.partitioning.set_mesh(mesh), hax.axis_mapping(params):
             model = converter.load_pretrained(config.model_type, config=config, axis_mapping=params, dtype=jdtype)
+            if soft_prompt is not None:
+                from parsetune.soft_prompt import with_soft_prompt
+
+                model = with_soft_prompt(model, jnp.asarray(soft_prompt, dtype=jdtype))
             model = _relayout(model)
         return cls(model, mesh, mapping, int(model.Vocab.size), jdtype)
 

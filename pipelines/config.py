@@ -2,7 +2,7 @@
 
 ```yaml
 model: models/smollm2-135m-instruct      # HF checkpoint: local dir, gs://, or hub id (org/name)
-method: {type: lora, r: 8, alpha: 16}    # or {type: full}
+method: {type: lora, r: 8, alpha: 16}    # or {type: full}, {type: prompt_tuning, num_virtual_tokens: 20}
 data: {train: runs/smollm2-lora/prep/train.jsonl, validation: runs/smollm2-lora/prep/validation.jsonl, max_seq_len: 256}
 epochs: 2                                # or trainer.num_train_steps
 trainer: {train_batch_size: 8, mp: "p=f32,c=f32", require_accelerator: false}
@@ -33,7 +33,7 @@ DEFAULT_LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down
 
 @dataclass(frozen=True)
 class MethodConfig(draccus.ChoiceRegistry):
-    """How the model is trained: ``type: full`` or ``type: lora``."""
+    """How the model is trained: ``type: full``, ``type: lora`` or ``type: prompt_tuning``."""
 
     @classmethod
     def default_choice_name(cls) -> Optional[str]:
@@ -58,6 +58,20 @@ class LoraMethodConfig(MethodConfig):
     # keep the frozen base linear weights quantized in memory, dequantized in the forward (QLoRA-style):
     # int8 (per output channel) | nf4 (4-bit NormalFloat, blocks of 64); None: float (pipelines/quantized_base.py)
     quantize_base: Optional[str] = None
+
+
+PROMPT_INITS = ("text", "random")
+
+
+@MethodConfig.register_subclass("prompt_tuning")
+@dataclass(frozen=True)
+class PromptTuningConfig(MethodConfig):
+    """Prompt tuning: only ``num_virtual_tokens`` soft-prompt vectors, read before every example, are
+    trained; the base model stays frozen (pipelines/prompt_tuning.py). Exported as a PEFT adapter."""
+
+    num_virtual_tokens: int = 20
+    init: str = "text"  # text: the embeddings of init_text's tokens, repeated to K (PEFT's TEXT init) | random
+    init_text: str = "Turn the sentence into its meaning representation:"
 
 
 @dataclass(frozen=True)

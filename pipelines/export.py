@@ -1,5 +1,5 @@
 """Export a trained Levanter model: a merged HF checkpoint (RUN_DIR/hf) and, for LoRA, a PEFT
-adapter (RUN_DIR/adapter).
+adapter (RUN_DIR/adapter); for prompt tuning, only its PEFT prompt-tuning adapter (RUN_DIR/adapter).
 
 The checkpoint is staged in a temporary directory and published only when complete: a local
 directory is renamed into place; on gs:// an existing ``parsetune_export.json`` is deleted first,
@@ -118,5 +118,25 @@ def export_peft_adapter(model, lora: LoraConfig, base_model_dir: str, model_type
             if os.path.exists(os.path.join(staging, name)):
                 os.unlink(os.path.join(staging, name))
         publish(staging, out_dir, {"kind": "peft-adapter", **marker})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_prompt_adapter(model, base_model_dir: str, tokenizer, out_dir: str, marker: dict) -> None:
+    """Write the soft prompt as a PEFT prompt-tuning adapter (``parsetune.soft_prompt``), with the
+    base model's tokenizer. Every host of a pod calls this; only the chief writes."""
+    from parsetune.soft_prompt import prompt_array, soft_prompt_of, write_adapter
+
+    prompt = prompt_array(host_local_copy(soft_prompt_of(model)))  # a collective: only the prompt is gathered
+    if not is_chief():
+        return
+    staging = _staging_dir(out_dir)
+    try:
+        write_adapter(staging, prompt, base_model_dir, read_hf_config(base_model_dir))
+        tokenizer.save_pretrained(staging)
+        for name in DROP_FILES:
+            if os.path.exists(os.path.join(staging, name)):
+                os.unlink(os.path.join(staging, name))
+        publish(staging, out_dir, {"kind": "peft-prompt-tuning", **marker})
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -46,7 +46,9 @@ def loss_at_masked_positions(model, example, *, positions_per_row: int, key=None
 
     not_last = jnp.arange(Pos.size) < Pos.size - 1
     mask = example.loss_mask.rearrange(batch_axes + (Pos,)).array.astype(jnp.float32) * not_last
-    targets = jnp.roll(example.tokens.rearrange(batch_axes + (Pos,)).array, -1, axis=-1)
+    # ids past the vocabulary (prompt tuning's virtual tokens) are never loss targets, but a gather
+    # of an out-of-range id gives NaN, and NaN * 0 is NaN: keep every target inside the vocabulary
+    targets = jnp.minimum(jnp.roll(example.tokens.rearrange(batch_axes + (Pos,)).array, -1, axis=-1), Vocab.size - 1)
     # stable sort on "not a loss position": each row's loss positions first, in order
     order = jnp.argsort(mask == 0, axis=-1, stable=True)[..., :positions_per_row]
     take = functools.partial(jnp.take_along_axis, axis=-1)

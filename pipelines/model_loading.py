@@ -1,4 +1,5 @@
-"""The model a run trains: the base HF checkpoint in Levanter form, loraized (B = 0) for LoRA.
+"""The model a run trains: the base HF checkpoint in Levanter form, loraized (B = 0) for LoRA, with
+its initial soft prompt for prompt tuning.
 Shared by ``parsetune train`` and ``parsetune export`` (which rebuilds the same structure)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import haliax as hax
 import jax
 
 from parsetune.errors import UserError
-from pipelines.config import FullConfig, LoraMethodConfig, TrainConfig
+from pipelines.config import FullConfig, LoraMethodConfig, PromptTuningConfig, TrainConfig
 
 
 def load_model(config: TrainConfig, converter, trainer):
@@ -32,6 +33,10 @@ def load_model(config: TrainConfig, converter, trainer):
         model = unroll_layers(model)
     if isinstance(config.method, FullConfig):
         return with_compute_choices(model, config), True
+    if isinstance(config.method, PromptTuningConfig):
+        from pipelines.prompt_tuning import with_trainable_prompt
+
+        return with_trainable_prompt(with_compute_choices(model, config), config.method, converter.tokenizer, config.trainer.seed + 1)
     lora = lora_config_of(config.method)
     key = jax.random.PRNGKey(config.trainer.seed + 1)
     model = hax.named_jit(lambda m: loraize_from_base(m, lora, key), axis_resources=trainer.parameter_axis_mapping)(model)

@@ -2,7 +2,7 @@
 same YAML as ``parsetune train`` (its ``prep:`` and ``eval:`` sections), into one run directory:
 
   RUN_DIR/prep/                 prepared splits + manifest.json
-  RUN_DIR/config.yaml, checkpoints/, metrics.jsonl, hf/, adapter/   (the training contract)
+  RUN_DIR/config.yaml, checkpoints/, metrics.jsonl, hf/, adapter/   (the training contract; prompt tuning: adapter/ only)
   RUN_DIR/eval/<split>/         predictions.jsonl, metrics.json, per_example.jsonl, confusion_matrix.{csv,png}
   RUN_DIR/report.md
 
@@ -99,6 +99,14 @@ def evaluate_split(config: TrainConfig, model_dir: str, split: str, data_path: s
     return score_predictions(predictions, out_dir, task=plan.task, schema_path=plan.schema)
 
 
+def trained_model_dir(config: TrainConfig) -> str:
+    """What the eval step decodes with: RUN_DIR/hf (the merged checkpoint), or RUN_DIR/adapter for
+    prompt tuning (its PEFT adapter names the base model)."""
+    from pipelines.config import PromptTuningConfig
+
+    return storage.join(config.run_dir, "adapter" if isinstance(config.method, PromptTuningConfig) else "hf")
+
+
 def prep_dir_of(run_dir: str) -> str:
     return storage.join(run_dir, "prep")
 
@@ -141,7 +149,7 @@ def run(config: TrainConfig) -> str:
         # the run dir's config.yaml names the schema the run decodes with (parsetune serve reads it)
         config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, schema=plan.schema, constrain=plan.constrain))
     done(t, "data ready")
-    hf_dir = storage.join(run_dir, "hf")
+    hf_dir = trained_model_dir(config)
     t = step(3, total, f"train ({type(config.method).__name__}) -> {run_dir}")
     from pipelines.export import is_exported
 

@@ -4,8 +4,8 @@ Run directory contract (RUN_DIR may be gs://):
   config.yaml      the resolved config
   checkpoints/     Levanter checkpoints (``step-N``); rerunning the same command resumes exactly
   metrics.jsonl    per step: step, train_loss, tokens (real, non-pad), tokens_per_s; eval_loss rows
-  hf/              the final merged HF checkpoint (only once the export finished)
-  adapter/         LoRA only: the PEFT adapter
+  hf/              the final merged HF checkpoint (only once the export finished; not for prompt tuning)
+  adapter/         LoRA: the PEFT adapter; prompt tuning: the PEFT prompt-tuning adapter (its only export)
 """
 
 from __future__ import annotations
@@ -54,9 +54,15 @@ def say(message: str) -> None:
     print(f"[parsetune train] {message}", file=sys.stderr, flush=True)
 
 
-def tokenized_split(path: str, tokenizer, max_seq_len: int, split: str):
+def tokenized_split(path: str, tokenizer, max_seq_len: int, split: str, prefix: tuple[int, ...] = ()):
+    """``prefix``: token ids put before every prompt (prompt tuning's virtual tokens)."""
     rows = read_prepared(path)
     examples = tokenize_rows(rows, tokenizer, tokenizer.eos_token_id)
+    if prefix:
+        from pipelines.prompt_tuning import check_prompt_lengths
+
+        examples = [dataclasses.replace(e, prompt=prefix + e.prompt) for e in examples]
+        check_prompt_lengths(examples, len(prefix), max_seq_len, path)
     kept, report = drop_too_long(examples, max_seq_len)
     if report.dropped:
         say(report.message(path))
@@ -65,16 +71,16 @@ def tokenized_split(path: str, tokenizer, max_seq_len: int, split: str):
     return kept, report
 
 
-def prepare_data(config: TrainConfig, tokenizer, verbose: bool = True) -> PreparedData:
+def prepare_data(config: TrainConfig, tokenizer, verbose: bool = True, prefix: tuple[int, ...] = ()) -> PreparedData:
     data = config.data
     if tokenizer.eos_token_id is None:
         raise UserError(f"{config.model}: tokenizer has no EOS token")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train, report = tokenized_split(data.train, tokenizer, data.max_seq_len, "train")
+    train, report = tokenized_split(data.train, tokenizer, data.max_seq_len, "train", prefix)
     train_packed = pack(shuffled(train, data.shuffle_seed), data.max_seq_len, pad_id, data.packing)
     validation = None
     if data.validation:
-        val, _ = tokenized_split(data.validation, tokenizer, data.max_seq_len, "validation")
+        val, _ = tokenized_split(data.validation, tokenizer, data.max_seq_len, "validation", prefix)
         if data.max_eval_examples:
             val = val[: data.max_eval_examples]
         validation = pack(val, data.max_seq_len, pad_id, data.packing)
@@ -125,11 +131,28 @@ def check_inputs(config: TrainConfig, chief: bool = True) -> None:
 
 
 def check_method(config: TrainConfig) -> None:
+    from pipelines.config import PromptTuningConfig
     from pipelines.quantize import KINDS
+
+    if isinstance(config.method, PromptTuningConfig):
+        from pipelines.prompt_tuning import check_settings
+
+        check_settings(config.method, config.data.max_seq_len)
 
     kind = getattr(config.method, "quantize_base", None)
     if kind is not None and kind not in KINDS:
         raise UserError(f"method.quantize_base: unknown quantization {kind!r} (expected {' or '.join(KINDS)}, or null for float weights)")
+
+
+def prompt_prefix(config: TrainConfig, converter) -> tuple[int, ...]:
+    """The virtual token ids every example starts with (prompt tuning), else none."""
+    from pipelines.config import PromptTuningConfig
+
+    if not isinstance(config.method, PromptTuningConfig):
+        return ()
+    from parsetune.soft_prompt import virtual_ids
+
+    return virtual_ids(converter.Vocab.size, config.method.num_virtual_tokens)
 
 
 def eval_batches(packed: PackedSequences, batch_size: int, Pos: hax.Axis, Batch: hax.Axis) -> list:
@@ -173,9 +196,18 @@ def step_flops(config: TrainConfig, model, trainer):
 
 def export_run(config: TrainConfig, model, converter, step: int) -> None:
     from parsetune.distributed import is_chief
-    from pipelines.export import export_merged_hf, export_peft_adapter
+    from pipelines.config import PromptTuningConfig
+    from pipelines.export import export_merged_hf, export_peft_adapter, export_prompt_adapter
     from parsetune.hf_files import read_hf_config
 
+    if isinstance(config.method, PromptTuningConfig):
+        m = config.method
+        marker = {"completed_steps": step, "base_model": config.model, "method": "prompt_tuning", "init": m.init,
+                  **({"init_text": m.init_text} if m.init == "text" else {})}  # fmt: skip
+        if is_chief():
+            say(f"exporting the soft prompt as a PEFT adapter to {storage.join(config.run_dir, 'adapter')}")
+        export_prompt_adapter(model, config.model, converter.tokenizer, storage.join(config.run_dir, "adapter"), marker)
+        return
     is_lora = isinstance(config.method, LoraMethodConfig)
     marker = {"completed_steps": step, "base_model": config.model, "method": "lora" if is_lora else "full"}
     if is_chief():
@@ -204,7 +236,7 @@ def train(config: TrainConfig) -> TrainResult:
     chief = distributed.is_chief()
     check_inputs(config, chief)
     converter = converter_for_checkpoint(config.model)
-    prepared = prepare_data(config, converter.tokenizer, verbose=chief)
+    prepared = prepare_data(config, converter.tokenizer, verbose=chief, prefix=prompt_prefix(config, converter))
     config = finalize_config(config, prepared.num_steps)
     if not storage.is_gcs(config.run_dir):
         os.makedirs(config.run_dir, exist_ok=True)
@@ -331,11 +363,13 @@ def lora_only_hint(message: str) -> str:
 
     from pipelines.config import LoraMethodConfig
 
-    match = re.fullmatch(r"method: The fields? (.+) (?:are|is) not valid for FullConfig", message.strip())
+    match = re.fullmatch(r"method: The fields? (.+) (?:are|is) not valid for (?:FullConfig|PromptTuningConfig)", message.strip())
     fields = re.findall(r"`([^`]+)`", match.group(1)) if match else []
     if not fields or not set(fields) <= {f.name for f in dataclasses.fields(LoraMethodConfig)}:
         return message
     names = ", ".join(f"method.{name}" for name in fields)
+    if "PromptTuningConfig" in message:
+        return f"{names}: LoRA only (method.type: lora); prompt tuning trains only its soft prompt"
     return f"{names}: LoRA only (method.type: lora); a full fine-tune trains every weight in float"
 
 
