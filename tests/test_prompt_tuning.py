@@ -189,3 +189,34 @@ def test_bad_settings_fail_in_one_line(tiny_model_dir, tiny_data, tmp_path, meth
     assert message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_serve_a_prompt_tuning_run(prompt_run, tiny_model_dir, tmp_path):
+    """``parsetune serve RUN_DIR`` of a prompt-tuning run (adapter/, no hf/): the base model with the
+    soft prompt, the same greedy text as ``decode_records`` with the adapter."""
+    import shutil
+
+    import httpx
+    from transformers import AutoTokenizer
+
+    from eval.generate import decode_records
+    from eval.generation_model import GenerationModel
+    from parsetune.records import PreparedRecord
+    from parsetune.soft_prompt import read_adapter
+    from serve_helpers import make_tiny_run, serving
+
+    run = make_tiny_run(tiny_model_dir, tmp_path / "run")
+    shutil.rmtree(run / "hf")
+    shutil.copytree(prompt_run / "adapter", run / "adapter")
+    prompt = "Sentence: BioShock is a shooter.\nMeaning representation:\n"
+    with serving(run) as url:
+        answer = httpx.post(f"{url}/v1/completions", json={"model": "run", "prompt": prompt, "max_tokens": 8, "grammar": "none"}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        info = httpx.get(f"{url}/v1/models", timeout=30).json()
+    assert info["data"][0]["id"] == "run"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = GenerationModel.load(str(tiny_model_dir), "float32", soft_prompt=read_adapter(str(prompt_run / "adapter")).prompt)
+    eos = [tokenizer.eos_token_id]
+    expected, _, _ = decode_records(model, tokenizer, [PreparedRecord("r", prompt, "")], eos, eos[0], None, 1, 8, 0)
+    assert answer.json()["choices"][0]["text"].strip() == expected[0]
+    assert answer.json()["usage"]["prompt_tokens"] == K + len(tokenizer(prompt)["input_ids"])

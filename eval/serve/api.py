@@ -164,6 +164,7 @@ def create_app(served: ServedModel, batcher: Batcher, settings: ServeSettings = 
             ids, text = [int(t) for t in prompt], served.tokenizer.decode(prompt)
         if not ids:
             raise ApiError(400, "the prompt encodes to no tokens", param="prompt")
+        ids = served.prefix + ids  # a prompt-tuned model reads its soft prompt first
         room = served.context_length - len(ids)
         if room < 1:
             raise ApiError(400, f"the prompt has {len(ids)} tokens; this model's context is {served.context_length}", param="prompt", code="context_length_exceeded")  # fmt: skip

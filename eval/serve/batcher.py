@@ -145,7 +145,7 @@ class Batcher:
     def warmup(self, prompt: str, max_tokens: int) -> None:
         """Compile the decode steps of one request alone and of every batch size up to ``max_batch``
         for requests like ``prompt`` with ``max_tokens`` (on this thread, before serving)."""
-        ids = self.served.tokenizer(prompt)["input_ids"] or [self.served.pad_id]
+        ids = self.served.prefix + (self.served.tokenizer(prompt)["input_ids"] or [self.served.pad_id])
         rows = 1
         while True:
             self.decode([Job(list(ids), 2 if rows > 1 else max_tokens) for _ in range(rows)])

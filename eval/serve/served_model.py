@@ -58,15 +58,20 @@ class RunTask:
 
 
 def resolve_target(target: str) -> tuple[str, str | None]:
-    """``(model dir, run dir or None)`` of MODEL_OR_RUN_DIR."""
+    """``(model dir, run dir or None)`` of MODEL_OR_RUN_DIR (the model dir may be a PEFT prompt-tuning adapter)."""
     if not storage.is_gcs(target) and not os.path.isdir(target):
         raise UserError(f"{target}: no such model or run directory")
-    hf = storage.join(target, "hf")
-    if storage.exists(storage.join(target, "config.yaml")) and storage.exists(storage.join(hf, "config.json")):
-        return hf, target
-    if storage.exists(storage.join(target, "config.json")):
+    from parsetune.soft_prompt import is_prompt_adapter
+
+    hf, adapter = storage.join(target, "hf"), storage.join(target, "adapter")
+    if storage.exists(storage.join(target, "config.yaml")):
+        if storage.exists(storage.join(hf, "config.json")):
+            return hf, target
+        if is_prompt_adapter(adapter):  # a prompt-tuning run: its adapter names the base model
+            return adapter, target
+    if storage.exists(storage.join(target, "config.json")) or is_prompt_adapter(target):
         return target, None
-    raise UserError(f"{target}: neither a run dir (config.yaml + hf/) nor an HF model dir (config.json)")
+    raise UserError(f"{target}: neither a run dir (config.yaml + hf/ or a prompt-tuning adapter/), an HF model dir (config.json) nor a prompt-tuning adapter")
 
 
 def read_run_task(run_dir: str) -> RunTask:
@@ -125,7 +130,7 @@ class ServedModel:
 
         from eval.compile_cache import enable_compilation_cache
         from eval.constrained import ll_tokenizer
-        from eval.generate import special_ids
+        from eval.generate import base_and_soft_prompt, special_ids
         from eval.generation_model import GenerationModel
         from eval.model_cache import local_model_dir
         from parsetune.hf_files import read_hf_config
@@ -133,13 +138,17 @@ class ServedModel:
 
         model_dir, self.run_dir = resolve_target(target)
         self.task = read_run_task(self.run_dir) if self.run_dir else None
+        model_dir, soft_prompt = base_and_soft_prompt(model_dir)
         check_generates(model_dir)
         enable_compilation_cache()
         self.model_dir = local_model_dir(model_dir)
         config = read_hf_config(self.model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.eos_ids, self.pad_id = special_ids(self.model_dir, config, self.tokenizer)
-        self.model = GenerationModel.load(self.model_dir, dtype)
+        self.model = GenerationModel.load(self.model_dir, dtype, soft_prompt=soft_prompt)
+        from parsetune.soft_prompt import prefix_ids
+
+        self.prefix = prefix_ids(self.model.model)  # prompt tuning: the virtual ids before every prompt
         self.context_length = int(config.get("max_position_embeddings") or 2048)
         self.name = model_name or os.path.basename(os.path.normpath(target)) or "model"
         self.ll_tok = ll_tokenizer(self.tokenizer, self.model.vocab_size, self.eos_ids)
