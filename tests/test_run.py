@@ -27,8 +27,9 @@ def test_base_model_action(tmp_path, tiny_model_dir, monkeypatch):
 
 
 @pytest.mark.slow
-def test_run_end_to_end_then_rerun_skips_every_step(tmp_path, tiny_model_dir):
-    config_path = tiny_config(tmp_path / "config.yaml", tiny_model_dir, tmp_path / "unused", tmp_path / "run", {"type": "lora", "r": 4, "alpha": 8},
+@pytest.mark.parametrize("method", [{"type": "lora", "r": 4, "alpha": 8}, {"type": "prompt_tuning", "num_virtual_tokens": 4}], ids=["lora", "prompt_tuning"])
+def test_run_end_to_end_then_rerun_skips_every_step(tmp_path, tiny_model_dir, method):
+    config_path = tiny_config(tmp_path / "config.yaml", tiny_model_dir, tmp_path / "unused", tmp_path / "run", method,
                               num_train_steps=3, steps_per_eval=3)
     config = yaml.safe_load(config_path.read_text())
     validation = str(ASSETS / "viggo_validation_50.jsonl")
@@ -45,7 +46,9 @@ def test_run_end_to_end_then_rerun_skips_every_step(tmp_path, tiny_model_dir):
 
     first = run()
     run_dir = tmp_path / "run"
-    for path in ("prep/train.jsonl", "prep/manifest.json", "hf/config.json", "adapter/adapter_config.json", "metrics.jsonl",
+    exported = ("hf/config.json",) if method["type"] == "lora" else ()  # prompt tuning exports the adapter alone
+    assert (run_dir / "hf").exists() == bool(exported)
+    for path in ("prep/train.jsonl", "prep/manifest.json", *exported, "adapter/adapter_config.json", "metrics.jsonl",
                  "eval/validation/predictions.jsonl", "eval/validation/confusion_matrix.png", "eval/validation/confusion_matrix.csv",
                  "report.md"):
         assert (run_dir / path).exists(), path
