@@ -64,13 +64,22 @@ def trained_model(checkpoint: str, config_path: str | None = None):
 
 
 def export_checkpoint(checkpoint: str, out_dir: str, config_path: str | None = None, adapter_dir: str | None = None) -> int:
-    """Load ``checkpoint`` into the run's model and write ``out_dir`` (merged HF); returns the number of
+    """Load ``checkpoint`` into the run's model and write ``out_dir`` (merged HF; for prompt tuning the
+    PEFT prompt-tuning adapter); returns the number of
     completed training steps in it (Levanter's ``step-N`` holds the state after N + 1 steps)."""
     from pipelines.export import export_merged_hf, export_peft_adapter
     from parsetune.hf_files import read_hf_config
     from pipelines.model_loading import lora_config_of
 
     with trained_model(checkpoint, config_path) as (model, converter, config, step):
+        from pipelines.config import PromptTuningConfig
+
+        if isinstance(config.method, PromptTuningConfig):  # no weights to merge: the soft prompt is the export
+            from pipelines.export import export_prompt_adapter
+
+            marker = {"completed_steps": step, "base_model": config.model, "method": "prompt_tuning", "checkpoint": checkpoint}
+            export_prompt_adapter(model, config.model, converter.tokenizer, out_dir, marker)
+            return step
         is_lora = isinstance(config.method, LoraMethodConfig)
         marker = {"completed_steps": step, "base_model": config.model, "method": "lora" if is_lora else "full", "checkpoint": checkpoint}
         export_merged_hf(model, converter, config.model, out_dir, marker, is_lora)

@@ -160,7 +160,7 @@ def register(subparsers) -> None:
         "generation config and special token ids.",
     )
     export.add_argument("--checkpoint", required=True, help="a Levanter checkpoint directory: RUN_DIR/checkpoints/step-N")
-    export.add_argument("--out", required=True, help="output directory for the HF checkpoint (local or gs://)")
+    export.add_argument("--out", required=True, help="output directory for the HF checkpoint (local or gs://); prompt tuning: the PEFT prompt-tuning adapter")
     export.add_argument("--config", help="the run's config.yaml [RUN_DIR/config.yaml next to the checkpoints]")
     export.add_argument("--adapter-out", help="LoRA runs: also write the PEFT adapter here")
     export.set_defaults(func=run_export)

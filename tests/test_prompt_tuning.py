@@ -220,3 +220,13 @@ def test_serve_a_prompt_tuning_run(prompt_run, tiny_model_dir, tmp_path):
     expected, _, _ = decode_records(model, tokenizer, [PreparedRecord("r", prompt, "")], eos, eos[0], None, 1, 8, 0)
     assert answer.json()["choices"][0]["text"].strip() == expected[0]
     assert answer.json()["usage"]["prompt_tokens"] == K + len(tokenizer(prompt)["input_ids"])
+
+
+def test_parsetune_export_of_a_step_writes_the_adapter(prompt_run, tmp_path):
+    from parsetune.soft_prompt import is_prompt_adapter, read_adapter
+
+    checkpoint = sorted((prompt_run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    result = run_cli("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert is_prompt_adapter(str(tmp_path / "out"))
+    np.testing.assert_array_equal(read_adapter(str(tmp_path / "out")).prompt, read_adapter(str(prompt_run / "adapter")).prompt)
