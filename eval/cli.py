@@ -207,7 +207,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_GENERATE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    gen.add_argument("--model", required=True, metavar="DIR", help="HF checkpoint directory, local or gs:// (config.json, *.safetensors, tokenizer)")
+    gen.add_argument("--model", required=True, metavar="DIR", help="HF checkpoint directory, local or gs:// (config.json, *.safetensors, tokenizer), or a PEFT prompt-tuning adapter (RUN_DIR/adapter of a prompt-tuning run: its base model with the soft prompt)")
     gen.add_argument("--data", required=True, metavar="SPLIT.jsonl", help="prepared data (local or gs://)")
     gen.add_argument("--out", required=True, metavar="PREDICTIONS.jsonl", help="predictions file to write (local or gs://)")
     gen.add_argument("--batch-size", type=int, default=8, metavar="N", help="rows decoded together [8]")
