@@ -13,13 +13,13 @@ import json
 import os
 from dataclasses import dataclass
 
-from parsetune import fileset, storage
+from parsetune import fileset
 from parsetune.errors import UserError
+from parsetune.manifest import MANIFEST_NAME
 from prep.prompt import PromptTemplate
 from parsetune.records import PreparedRecord, records_to_jsonl
 from prep.records import SourceExample
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "parsetune.prepared/v1"
 STANDARD_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "schema.json")  # replaced along with a set even without its manifest
 
@@ -111,4 +111,10 @@ def previous_files(dest: str) -> set[str]:
 
 
 def read_manifest(dest: str) -> dict:
-    return json.loads(storage.read_text(storage.join(dest, MANIFEST_NAME)))
+    """The manifest of the set at ``dest`` (``UserError`` when there is none)."""
+    from parsetune.manifest import manifest_path, read_manifest as read
+
+    manifest = read(dest)
+    if manifest is None:
+        raise UserError(f"{manifest_path(dest)}: no manifest")
+    return manifest

@@ -102,13 +102,13 @@ def read_run_task(run_dir: str) -> RunTask:
 def _prompt_format(data_path: str) -> PromptFormat | None:
     """The prompt format of a prepared split, from its manifest (instruction, query template) and,
     for few-shot prompts, the examples' text as its first row holds them."""
-    manifest_path = storage.join(os.path.dirname(data_path) if not storage.is_gcs(data_path) else data_path.rsplit("/", 1)[0], "manifest.json")
-    if not storage.exists(manifest_path):
-        return None
+    from parsetune.manifest import manifest_beside
+
     try:
-        prompt = json.loads(storage.read_text(manifest_path))["prompt"]
+        manifest, _ = manifest_beside(data_path)
+        prompt = manifest["prompt"] if manifest is not None else None
         instruction, query = str(prompt["instruction"]), str(prompt["query"])
-    except (ValueError, KeyError, TypeError):
+    except (UserError, KeyError, TypeError):
         return None
     from parsetune.records import read_prepared
     from parsetune.tasks.viggo_values import sentence_of

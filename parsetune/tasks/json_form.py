@@ -98,24 +98,15 @@ def prepared_schema_path(prep_dir: str) -> str | None:
     """The JSON Schema of the prepared set in ``prep_dir`` (named by its ``manifest.json``), or
     ``None`` when there is no manifest or it names no schema."""
     from parsetune import storage
+    from parsetune.manifest import read_manifest
 
-    manifest_path = storage.join(prep_dir, "manifest.json")
-    if not storage.exists(manifest_path):
-        return None
-    try:
-        manifest = json.loads(storage.read_text(manifest_path))
-    except ValueError as err:
-        raise UserError(f"{manifest_path}: not valid JSON ({err})") from None
-    name = manifest.get("schema") if isinstance(manifest, dict) else None
+    manifest = read_manifest(prep_dir)
+    name = manifest.get("schema") if manifest is not None else None
     return storage.join(prep_dir, name) if isinstance(name, str) and name else None
 
 
 def schema_beside(data_path: str) -> str | None:
     """The JSON Schema named by the manifest beside the prepared split file ``data_path``, if any."""
-    import os
-    import posixpath
+    from parsetune.manifest import set_dir_of
 
-    from parsetune import storage
-
-    directory = posixpath.dirname(data_path) if storage.is_gcs(data_path) else os.path.dirname(os.path.abspath(data_path))
-    return prepared_schema_path(directory)
+    return prepared_schema_path(set_dir_of(data_path))

@@ -215,21 +215,11 @@ def read_grounding(data_path: str) -> Grounding | None:
     """The grounding of the prepared split file ``data_path`` (from ``manifest.json`` beside it);
     ``None`` when there is no manifest or it has no learned value sets (e.g. prepared before they
     were added, or not a ViGGO set)."""
-    import json
-    import posixpath
-
-    from parsetune import storage
     from parsetune.errors import UserError
+    from parsetune.manifest import manifest_beside
 
-    directory = posixpath.dirname(data_path) if storage.is_gcs(data_path) else _local_dir(data_path)
-    manifest_path = storage.join(directory, "manifest.json")
-    if not storage.exists(manifest_path):
-        return None
-    try:
-        manifest = json.loads(storage.read_text(manifest_path))
-    except ValueError as err:
-        raise UserError(f"{manifest_path}: not valid JSON ({err})") from None
-    if not isinstance(manifest, dict) or MANIFEST_KEY not in manifest:
+    manifest, manifest_path = manifest_beside(data_path)
+    if manifest is None or MANIFEST_KEY not in manifest:
         return None
     try:
         values = ValueSets.from_json(manifest[MANIFEST_KEY])
@@ -237,9 +227,3 @@ def read_grounding(data_path: str) -> Grounding | None:
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(f"{manifest_path}: bad {MANIFEST_KEY!r} section ({err})") from None
     return Grounding(values, str(query))
-
-
-def _local_dir(path: str) -> str:
-    import os
-
-    return os.path.dirname(os.path.abspath(path))
