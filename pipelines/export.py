@@ -125,9 +125,13 @@ def export_peft_adapter(model, lora: LoraConfig, base_model_dir: str, model_type
 def export_prompt_adapter(model, base_model_dir: str, tokenizer, out_dir: str, marker: dict) -> None:
     """Write the soft prompt as a PEFT prompt-tuning adapter (``parsetune.soft_prompt``), with the
     base model's tokenizer. Every host of a pod calls this; only the chief writes."""
-    from parsetune.soft_prompt import prompt_array, soft_prompt_of, write_adapter
+    import numpy as np
 
-    prompt = prompt_array(host_local_copy(soft_prompt_of(model)))  # a collective: only the prompt is gathered
+    from parsetune.soft_prompt import VIRTUAL, soft_prompt_of, write_adapter
+
+    soft = soft_prompt_of(model)
+    named = host_local_copy(soft.prompt)  # a collective, of the prompt alone (not the vocabulary it wraps)
+    prompt = np.asarray(named.rearrange((VIRTUAL, soft.Embed.name)).array, dtype=np.float32)
     if not is_chief():
         return
     staging = _staging_dir(out_dir)

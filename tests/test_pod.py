@@ -102,6 +102,27 @@ def test_two_hosts_train_like_one(method, tiny_model_dir, tiny_data, tmp_path):
     np.testing.assert_allclose(logits_of(run / "hf", ids), logits_of(tmp_path / "one" / "hf", ids), atol=1e-4, rtol=1e-4)
 
 
+def test_two_hosts_prompt_tune_like_one(tiny_model_dir, tiny_data, tmp_path):
+    """Prompt tuning on a pod (vocabulary sharded over the model axis): the same losses as one process
+    and the same soft prompt in the PEFT adapter, written once."""
+    from parsetune.soft_prompt import read_adapter
+
+    method = {"type": "prompt_tuning", "num_virtual_tokens": 4}
+    steps = ("--trainer.num_train_steps", "3", "--optimizer.learning_rate", "0.05")
+    one = tiny_config(tmp_path / "one.yaml", tiny_model_dir, tiny_data, tmp_path / "one", method, **TP)
+    single = run_train(one, *steps, env=DEVICES(4))
+    assert single.returncode == 0, single.stderr[-3000:]
+    two = tiny_config(tmp_path / "two.yaml", tiny_model_dir, tiny_data, tmp_path / "two", method, **TP)
+    pod = run_pod(two, 2, *steps)
+    assert pod.returncode == 0, pod.stderr[-5000:]
+    expected, got = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert sorted(got) == [0, 1, 2] and got[2] < got[0]
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), step
+    np.testing.assert_allclose(read_adapter(str(tmp_path / "two" / "adapter")).prompt, read_adapter(str(tmp_path / "one" / "adapter")).prompt, atol=1e-5)
+    assert not (tmp_path / "two" / "hf").exists() and not list((tmp_path / "two").glob(".export-*"))
+
+
 def test_killed_host_stops_the_pod_and_the_rerun_resumes_on_gcs(gcs_bucket, gcs_emulator, tiny_model_dir, tiny_data, tmp_path):
     steps = ("--trainer.num_train_steps", "8", "--export", "false")
     reference = tiny_config(tmp_path / "ref.yaml", tiny_model_dir, tiny_data, tmp_path / "ref", LORA, **TP)
