@@ -21,12 +21,17 @@ from conftest import ASSETS, REPO, run_cli
 # (seen twice in full suite runs on a loaded machine: prep finished and exited 0). Only the main
 # thread's calls count: a call from another thread would be counted at a moment that depends on the
 # load, and its signal handled only after prep had finished (seen once more, 2026-11-26, same symptom).
+# The real cause of those "prep finished and exited 0" failures (found 2026-11-26): each was a suite
+# started in the background (`nohup ... &`), whose processes inherit SIGINT *ignored*; a child Python
+# then never installs its KeyboardInterrupt handler, so the raised SIGINT did nothing. The script
+# restores the handler a terminal's Ctrl-C reaches (test_sigint_ignored_by_the_launcher_is_restored).
 INTERRUPTED = textwrap.dedent(
     """
     import os, signal, sys, threading
     from google.cloud.storage import Blob
     from parsetune.cli import main
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as under a terminal, even if launched with SIGINT ignored
     sig, nth, where = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     owner, name = (os, "fsync") if where == "local" else (Blob, "upload_from_string")
     real, calls = getattr(owner, name), []
@@ -105,6 +110,21 @@ def test_interrupted_reprep_keeps_the_old_set_and_leaves_nothing(tmp_path, sig):
     assert result.returncode == 130 and result.stderr == "parsetune prep: interrupted\n", result.stderr
     assert snapshot(out) == before
     assert leftovers(out) == []
+
+
+def test_sigint_ignored_by_the_launcher_is_restored(tmp_path):
+    """A suite started in the background inherits SIGINT ignored; the interrupted prep must still be
+    interrupted (this failed before the script restored the handler)."""
+    out = tmp_path / "data"
+    assert run_cli(*prep_args(tmp_path, str(out))).returncode == 0
+    before = snapshot(out)
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED, str(int(signal.SIGINT)), "2", "local", *prep_args(tmp_path, str(out), "--few-shot", "1")],
+        capture_output=True, text=True, cwd=REPO, env=os.environ.copy(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # what `nohup ... &` hands down
+    )  # fmt: skip
+    assert result.returncode == 130 and result.stderr == "parsetune prep: interrupted\n", result.stderr
+    assert snapshot(out) == before and leftovers(out) == []
 
 
 def test_killed_reprep_keeps_the_old_set_and_the_next_run_cleans_up(tmp_path):
