@@ -180,7 +180,10 @@ def step_flops(config: TrainConfig, model, trainer):
     from pipelines.hooks import StepFlops
     from pipelines.mfu import levanter_train_flops_per_token, measure_matmul_flops
 
-    rank = config.method.r if isinstance(config.method, LoraMethodConfig) else None
+    from pipelines.config import PromptTuningConfig
+
+    # LoRA: its rank; prompt tuning: rank 0 (frozen weights, gradients of the activations only); full: None
+    rank = config.method.r if isinstance(config.method, LoraMethodConfig) else 0 if isinstance(config.method, PromptTuningConfig) else None
     try:
         per_token = levanter_train_flops_per_token(model.config, model.Vocab.size, config.data.max_seq_len, rank)
     except (AttributeError, TypeError, ValueError):

@@ -85,6 +85,8 @@ def test_llama2_7b_known_numbers():
     assert train_flops_per_token(LLAMA2_7B, 256) == 3 * 13_349_158_912
     lora = train_flops_per_token(LLAMA2_7B, 256, lora_rank=8)
     assert lora == 2 * (12_952_010_752 + 262_144_000) + 3 * 135_004_160 + 3 * 2 * 19_988_480 == 26_953_252_864
+    # prompt tuning (train.step_flops passes rank 0): frozen weights, so forward + activation gradients only
+    assert train_flops_per_token(LLAMA2_7B, 256, lora_rank=0) == 2 * (12_952_010_752 + 262_144_000) + 3 * 135_004_160
 
 
 def test_step_mfu_on_a_v3_8():
