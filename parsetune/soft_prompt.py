@@ -127,8 +127,8 @@ def virtual_ids(vocab_size: int, num_virtual_tokens: int) -> tuple[int, ...]:
 
 
 def prompt_array(model) -> np.ndarray:
-    """The soft prompt ``[K, hidden]`` of a model (or of its ``SoftPromptEmbedding``) as a float32 host array."""
-    soft = model if _CLASS and isinstance(model, _CLASS[0]) else soft_prompt_of(model)
+    """The soft prompt ``[K, hidden]`` of a model as a float32 host array."""
+    soft = soft_prompt_of(model)
     if soft is None:
         raise UserError("the model has no soft prompt")
     return np.asarray(soft.prompt.rearrange((VIRTUAL, soft.Embed.name)).array, dtype=np.float32)

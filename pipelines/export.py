@@ -29,6 +29,13 @@ TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 DROP_FILES = ("tokenizer.model",)  # a GGUF-converted tokenizer.model is a copy of the whole GGUF
 
 
+def drop_unwanted_files(staging: str) -> None:
+    """Remove ``DROP_FILES`` from a staging directory before it is published."""
+    for name in DROP_FILES:
+        if os.path.exists(os.path.join(staging, name)):
+            os.unlink(os.path.join(staging, name))
+
+
 def is_exported(path: str) -> bool:
     return storage.exists(storage.join(path, EXPORT_MARKER))
 
@@ -48,9 +55,7 @@ def carry_over_base_files(staging: str, base_model_dir: str) -> None:
     if storage.exists(generation):
         with open(os.path.join(staging, "generation_config.json"), "wb") as f:
             f.write(storage.read_bytes(generation))
-    for name in DROP_FILES:
-        if os.path.exists(os.path.join(staging, name)):
-            os.unlink(os.path.join(staging, name))
+    drop_unwanted_files(staging)
 
 
 def publish(staging: str, out_dir: str, marker: dict) -> None:
@@ -114,9 +119,7 @@ def export_peft_adapter(model, lora: LoraConfig, base_model_dir: str, model_type
             save_peft_pretrained(model, lora, base_model_dir, staging, tokenizer, prefix=peft_prefix(model_type))
         if not is_chief():
             return
-        for name in DROP_FILES:
-            if os.path.exists(os.path.join(staging, name)):
-                os.unlink(os.path.join(staging, name))
+        drop_unwanted_files(staging)
         publish(staging, out_dir, {"kind": "peft-adapter", **marker})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -138,9 +141,7 @@ def export_prompt_adapter(model, base_model_dir: str, tokenizer, out_dir: str, m
     try:
         write_adapter(staging, prompt, base_model_dir, read_hf_config(base_model_dir))
         tokenizer.save_pretrained(staging)
-        for name in DROP_FILES:
-            if os.path.exists(os.path.join(staging, name)):
-                os.unlink(os.path.join(staging, name))
+        drop_unwanted_files(staging)
         publish(staging, out_dir, {"kind": "peft-prompt-tuning", **marker})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
