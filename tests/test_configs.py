@@ -67,3 +67,48 @@ def test_the_tpu_section_is_one_type_for_train_and_tpu(path: Path):
 
     section = parse_config(str(path), []).tpu
     assert isinstance(section, TpuSection) and section.given() == read_tpu_section(str(path))
+
+
+def launch_lines(path: Path) -> list[list[str]]:
+    """The `parsetune run|train THIS_CONFIG ...` command lines of a config's header (the indented
+    ones: `#   command`), continuation lines joined, as the arguments after the config path."""
+    import shlex
+
+    commands, pending = [], ""
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if not (pending or line.startswith("#  ")):
+            continue
+        text = pending + line[1:].strip()
+        if text.endswith("\\"):
+            pending = text[:-1] + " "
+            continue
+        pending = ""
+        words = shlex.split(text)
+        for i, word in enumerate(words[:-2]):
+            if word == "parsetune" and words[i + 1] in ("run", "train") and words[i + 2] == str(path.relative_to(REPO)):
+                commands.append(words[i + 3 :])
+    return commands
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_launch_line_in_the_header_parses(path: Path):
+    """A documented command line whose override is misspelt or mistyped would fail only when a user
+    runs it: each one parses here (`--quick` and `--hosts N` are options of the command itself)."""
+    commands = launch_lines(path)
+    assert commands
+    for args in commands:
+        args = [a for a in args if a not in ("--quick", "[--quick]")]
+        if "--hosts" in args:
+            i = args.index("--hosts")
+            args = args[:i] + args[i + 2 :]
+        parse_config(str(path), args)
+
+
+def test_the_lora_header_documents_the_full_quality_setting():
+    lines = launch_lines(REPO / "configs/viggo/smollm2_lora_cpu.yaml")
+    full_quality = [args for args in lines if "--trainer.num_train_steps" in args and "--run_dir" in args and "runs/smollm2-lora-1h" in args]
+    assert len(full_quality) == 1
+    config = parse_config(str(REPO / "configs/viggo/smollm2_lora_cpu.yaml"), full_quality[0])
+    assert config.trainer.num_train_steps > 2 * parse_config(str(REPO / "configs/viggo/smollm2_lora_cpu.yaml"), []).trainer.num_train_steps
