@@ -240,6 +240,10 @@ def compare_runs(directories: list[str], out_path: str, names: list[str] | None 
         names = [os.path.basename(d.rstrip("/")) or d for d in directories]
     if len(names) != len(directories):
         raise UserError(f"--names has {len(names)} names for {len(directories)} directories")
+    from eval.score import SCORE_FILES
+    from parsetune.output_guard import refuse_inputs_as_output
+
+    refuse_inputs_as_output(out_path, [storage.join(d, f) for d in directories for f in SCORE_FILES])  # never over a score it reads
     runs = [read_run(d, n) for d, n in zip(directories, names)]
     tasks = sorted({r.task for r in runs})
     if len(tasks) > 1:

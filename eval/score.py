@@ -29,6 +29,7 @@ from parsetune.errors import UserError
 from parsetune.jsonl import read_jsonl_rows
 
 
+SCORE_FILES = ("metrics.json", "per_example.jsonl", "errors.json", "confusion_matrix.csv", "confusion_matrix.png")  # what DIR gets
 ERROR_KINDS_KEPT = 8  # errors.json: the most frequent kinds of miss, with two examples each
 
 
@@ -160,13 +161,19 @@ def score_predictions(path: str, out_dir: str, task: str = "viggo", schema_path:
     if schema_path is not None and task != "json":
         raise UserError("--schema only applies to --task json")
     storage.check_output_dir(out_dir)
+    from parsetune.output_guard import refuse_inputs_as_output
+
+    for name in SCORE_FILES:  # never write over the predictions or the schema being read
+        refuse_inputs_as_output(storage.join(out_dir, name), [path, schema_path])
     schema = load_json_schema(schema_path) if schema_path is not None else None
     records = read_predictions(path, task)
     if task == "viggo":
         summary, files = _viggo_outputs(records, path)
     else:
         summary, files = _json_outputs(records, path, schema)
-    with storage.AllOrNothingWriter() as writer:
+    from parsetune.write_group import AllOrNothingWriter
+
+    with AllOrNothingWriter() as writer:  # a failure puts back the previous scores, if any
         for name, data in files.items():
             writer.write_bytes(storage.join(out_dir, name), data)
     return summary

@@ -16,7 +16,10 @@ first; only when every file is there is it published, with the commit file (the 
   Staging or a lock left by a killed process on this host is removed by the next publish; from
   other hosts, once it is an hour old.
 
-The destination belongs to the set: publishing refuses a directory that holds anything else.
+The destination belongs to the set: publishing refuses a directory that holds anything else, and
+one whose files look like a set's but that has no commit file (a user's own ``train.jsonl`` is not
+ours to replace). On gs:// a set withdrawn by a publish that died keeps its lock object, which marks
+the files as ours until the next publish.
 """
 
 from __future__ import annotations
@@ -52,10 +55,11 @@ def publish(dest: str, files: dict[str, bytes], commit: str, owned: Callable[[st
         _publish_local(os.path.abspath(dest), files, commit, owned)
 
 
-def _foreign(dest: str, entries: list[str]) -> UserError:
+def _foreign(dest: str, entries: list[str], commit: str | None = None) -> UserError:
     shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+    why = f"but no {commit}, so it is not a prepared set" if commit else "which is not part of a prepared set"
     return UserError(
-        f"{dest}: holds {shown}, which is not part of a prepared set; the whole directory is replaced, "
+        f"{dest}: holds {shown}, {why}; the whole directory is replaced, "
         "so give a new or empty one (or remove those)"
     )
 
@@ -91,7 +95,11 @@ def _write_file(path: str, data: bytes) -> None:
 def _publish_local(dest: str, files: dict[str, bytes], commit: str, owned: Callable[[str], bool]) -> None:
     parent, base = os.path.split(dest)
     if os.path.isdir(dest):
-        foreign = [e for e in os.listdir(dest) if not (owned(e) and os.path.isfile(os.path.join(dest, e)) or _is_our_tmp(e, owned))]
+        entries = os.listdir(dest)
+        if not os.path.isfile(os.path.join(dest, commit)):  # not a set: nothing in it is ours
+            if [e for e in entries if not _is_our_tmp(e, owned)]:
+                raise _foreign(dest, [e for e in entries if not _is_our_tmp(e, owned)], commit)
+        foreign = [e for e in entries if not (owned(e) and os.path.isfile(os.path.join(dest, e)) or _is_our_tmp(e, owned))]
         if foreign:
             raise _foreign(dest, foreign)
     staging = old = None
@@ -165,6 +173,9 @@ def _publish_gcs(dest: str, files: dict[str, bytes], commit: str, owned: Callabl
     foreign = [r for r in existing if not (owned(r) or r.startswith(".staging-") or r == LOCK_NAME)]
     if foreign:
         raise _foreign(dest, foreign)
+    files_of_a_set = [r for r in existing if not (r.startswith(".staging-") or r == LOCK_NAME)]
+    if files_of_a_set and commit not in existing and LOCK_NAME not in existing:  # no set of ours, none withdrawn
+        raise _foreign(dest, files_of_a_set, commit)
     for relative, info in existing.items():
         if (relative.startswith(".staging-") or relative == LOCK_NAME) and _abandoned(info, relative):
             storage.delete(info.path, if_generation_match=info.generation)
@@ -180,9 +191,11 @@ def _publish_gcs(dest: str, files: dict[str, bytes], commit: str, owned: Callabl
             lock_generation = storage.create_bytes(lock, _lock_text().encode())
         except UserError as err:
             raise UserError(f"{dest}: another prep is publishing here right now ({lock} exists); try again when it is done") from err
+        withdrawn = False  # while True, a failure keeps the lock: it marks the withdrawn files as ours
         try:
             old_commit = storage.generation(prefix + commit)
             if old_commit is not None:
+                withdrawn = True
                 storage.delete(prefix + commit, if_generation_match=old_commit)  # from here the old set is withdrawn
             for relative in existing:
                 if owned(relative) and relative != commit and relative not in files:
@@ -190,8 +203,10 @@ def _publish_gcs(dest: str, files: dict[str, bytes], commit: str, owned: Callabl
             for path in staged:
                 storage.copy_object(path, prefix + path[len(staging) :])
             storage.create_bytes(prefix + commit, files[commit])  # the commit point
+            withdrawn = False
         finally:
-            storage.delete(lock, if_generation_match=lock_generation)
+            if not withdrawn:
+                storage.delete(lock, if_generation_match=lock_generation)
     finally:
         for path in staged:
             with contextlib.suppress(UserError):

@@ -370,31 +370,3 @@ def delete(path: str, if_generation_match: int | None = None) -> None:
         pass
     except OSError as err:
         raise UserError(f"{path}: cannot delete ({err.strerror or err})") from err
-
-
-class AllOrNothingWriter:
-    """Writes a group of files; if the group fails part-way, the files it wrote are removed.
-
-    Use as a context manager: every ``write`` is atomic on its own, and an exception inside the
-    ``with`` block deletes what this writer already wrote, so a failed run leaves nothing behind.
-    """
-
-    def __init__(self) -> None:
-        self.written: list[str] = []
-
-    def write_bytes(self, path: str, data: bytes) -> None:
-        write_bytes_atomic(path, data)
-        self.written.append(path)
-
-    def write_text(self, path: str, text: str) -> None:
-        self.write_bytes(path, text.encode("utf-8"))
-
-    def __enter__(self) -> "AllOrNothingWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            return
-        for path in reversed(self.written):
-            with contextlib.suppress(Exception):
-                delete(path)

@@ -51,26 +51,35 @@ def trained_model(checkpoint: str, config_path: str | None = None):
     from parsetune import distributed
 
     config = dataclasses.replace(config, trainer=distributed.initialize(trainer_config))  # a pod exports together
-    levanter.initialize(config)
-    quiet_library_logs()
-    converter = converter_for_checkpoint(config.model)
-    optimizer = config.optimizer.build(config.trainer.num_train_steps)
-    with Trainer(config.trainer, optimizer, loss_fn=compute_next_token_loss, add_default_hooks=False) as trainer:
-        model, is_trainable = load_model(config, converter, trainer)
-        state = trainer.initial_state(jax.random.PRNGKey(config.trainer.seed), model=model, is_trainable=is_trainable)
-        if int(state.step) == 0:
-            raise UserError(f"{checkpoint}: checkpoint could not be loaded (state is at step 0)")
-        yield state.model, converter, config, int(state.step)
+    run_dir = os.path.dirname(os.path.dirname(checkpoint.rstrip("/")))  # RUN_DIR/checkpoints/step-N
+    with contextlib.ExitStack() as held:
+        if distributed.is_chief() and storage.exists(storage.join(run_dir, "config.yaml")):
+            from parsetune.run_lock import run_dir_lock
+
+            held.enter_context(run_dir_lock(run_dir, "export"))  # not while a train or run writes into it
+        levanter.initialize(config)
+        quiet_library_logs()
+        converter = converter_for_checkpoint(config.model)
+        optimizer = config.optimizer.build(config.trainer.num_train_steps)
+        with Trainer(config.trainer, optimizer, loss_fn=compute_next_token_loss, add_default_hooks=False) as trainer:
+            model, is_trainable = load_model(config, converter, trainer)
+            state = trainer.initial_state(jax.random.PRNGKey(config.trainer.seed), model=model, is_trainable=is_trainable)
+            if int(state.step) == 0:
+                raise UserError(f"{checkpoint}: checkpoint could not be loaded (state is at step 0)")
+            yield state.model, converter, config, int(state.step)
 
 
 def export_checkpoint(checkpoint: str, out_dir: str, config_path: str | None = None, adapter_dir: str | None = None) -> int:
     """Load ``checkpoint`` into the run's model and write ``out_dir`` (merged HF; for prompt tuning the
     PEFT prompt-tuning adapter); returns the number of
     completed training steps in it (Levanter's ``step-N`` holds the state after N + 1 steps)."""
-    from pipelines.export import export_merged_hf, export_peft_adapter
+    from pipelines.export import check_export_targets, export_merged_hf, export_peft_adapter
     from parsetune.hf_files import read_hf_config
     from pipelines.model_loading import lora_config_of
 
+    if storage.exists(storage.join(checkpoint, "metadata.json")):  # else trained_model says what is wrong
+        inputs = (checkpoint, config_path, run_config_for(checkpoint, config_path).model)
+        check_export_targets(out_dir, adapter_dir, inputs=inputs)  # before any loading: never replace a user's files
     with trained_model(checkpoint, config_path) as (model, converter, config, step):
         from pipelines.config import PromptTuningConfig
 

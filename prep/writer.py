@@ -21,7 +21,7 @@ from parsetune.records import PreparedRecord, records_to_jsonl
 from prep.records import SourceExample
 
 MANIFEST_FORMAT = "parsetune.prepared/v1"
-STANDARD_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "schema.json")  # replaced along with a set even without its manifest
+STANDARD_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "schema.json")  # a set's files (replaced only beside its manifest)
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,22 @@ def write_prepared(
     owned = {MANIFEST_NAME, *STANDARD_FILES, *previous_files(dest)}
     fileset.publish(dest, files, commit=MANIFEST_NAME, owned=owned.__contains__)
     return summaries
+
+
+def check_destination(dest: str) -> None:
+    """``UserError`` if ``dest`` holds a ``manifest.json`` that is not one of ours (another tool's
+    manifest beside the user's files): only a prepared set is replaced."""
+    from parsetune.manifest import manifest_path, read_manifest as read
+
+    try:
+        manifest = read(dest)
+    except UserError as err:
+        raise UserError(f"{err}; {dest} is not a prepared set, so it is not replaced: give a new or empty directory") from None
+    if manifest is not None and manifest.get("format") != MANIFEST_FORMAT:
+        raise UserError(
+            f"{manifest_path(dest)}: not a parsetune prepared-set manifest (format {manifest.get('format')!r}); "
+            f"{dest} is not replaced: give a new or empty directory"
+        )
 
 
 def previous_files(dest: str) -> set[str]:

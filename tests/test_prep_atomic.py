@@ -155,7 +155,7 @@ def test_manifest_that_is_a_directory_is_refused_and_nothing_is_deleted(tmp_path
     (out / "train.jsonl").write_text("precious\n")
     result = run_cli(*prep_args(tmp_path, str(out)))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert f"{out}: holds manifest.json, which is not part of a prepared set" in result.stderr
+    assert "manifest.json" in result.stderr and "is not a prepared set" in result.stderr
     assert (out / "train.jsonl").read_text() == "precious\n" and (out / "manifest.json").is_dir()
 
 
