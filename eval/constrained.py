@@ -29,6 +29,7 @@ import numpy as np
 
 from parsetune.tasks.viggo_mr import ATTRIBUTES, FUNCTIONS
 from parsetune.tasks.viggo_values import Grounding, ValueSets, sentence_spans
+from parsetune.tasks.schema_refs import check_local_refs
 from parsetune import storage
 from parsetune.errors import UserError
 
@@ -118,6 +119,7 @@ def schema_grammar(schema: Any, where: str = "schema") -> str:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as err:
         raise UserError(f"{where}: not a valid JSON Schema ({err.message})") from None
+    check_local_refs(schema, where)  # llguidance fetches nothing either; say so in one line
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
     except (ValueError, RuntimeError, TypeError) as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from infra import ops
@@ -71,7 +72,26 @@ def settings_from(args):
 
 
 def runner_for(args) -> Runner:
-    return Runner(dry_run=args.dry_run)
+    args.runner = Runner(dry_run=args.dry_run)  # kept: masked_errors masks an error with its secrets
+    return args.runner
+
+
+def masked_errors(func):
+    """``func`` whose one-line error passes through the secret masker too: an error message may quote
+    a worker's output (its last log line, gcloud's stderr), which may hold a secret."""
+
+    @functools.wraps(func)
+    def run(args) -> int:
+        try:
+            return func(args)
+        except UserError as err:
+            runner = getattr(args, "runner", None)
+            masked = runner.secrets.mask(str(err)) if runner is not None else str(err)
+            if masked == str(err):
+                raise
+            raise UserError(masked) from None  # the cause's text holds the secret: do not chain it
+
+    return run
 
 
 def run_create(args) -> int:
@@ -131,7 +151,7 @@ def register(subparsers) -> None:
     def add(name: str, help: str, func, full: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         add_target_options(p, full)
-        p.set_defaults(func=func)
+        p.set_defaults(func=masked_errors(func))
         return p
 
     add("create", "create a TPU VM (or a queued resource with --queued)", run_create, full=True)

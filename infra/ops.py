@@ -104,7 +104,7 @@ def ssh_step(runner: Runner, target: TpuTarget, name: str, script: str, workers:
     worker, rc, tail = failed[0]
     last = next((line.strip() for line in reversed(tail) if line.strip()), "no output")
     others = f" (also workers {', '.join(str(w) for w, _, _ in failed[1:])})" if len(failed) > 1 else ""
-    raise UserError(f"{what} failed on worker {worker}{others}, exit status {rc}: {last}")
+    raise UserError(f"{what} failed on worker {worker}{others}, exit status {rc}: {runner.secrets.mask(last)}")
 
 
 def create(runner: Runner, s: TpuSettings) -> int:
@@ -185,8 +185,9 @@ def submit(
     job = check_job(job or default_job_name(config or spec.command))
     run_on = worker_choice(spec, worker)
     run_dir = job_run_dir(spec, s, config, t.hosts if run_on == "all" else 1, max_restarts)
-    data = storage.read_bytes(config) if spec.needs_config and config else None
     secrets = Secrets.from_environ(s.secrets)
+    secrets.require(s.required_secrets)  # before any gcloud call: a named secret that is unset is a mistake
+    data = storage.read_bytes(config) if spec.needs_config and config else None
     runner.secrets = secrets
     preflight(runner)
     workers = require_ready(runner, t)

@@ -2,7 +2,8 @@
 
 Every command is printed before it runs, shlex-joined so it can be copied into a shell. In a dry
 run the output is itself a shell script: steps are ``# comments``, commands are bare lines, nothing
-runs. Every printed line and relayed error passes through :meth:`Secrets.mask`.
+runs. Every printed line and relayed error passes through :meth:`Secrets.mask` (whole secrets, each
+line of a multi-line one, escaped forms: :mod:`infra.masking`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from infra.masking import escape_controls
 from infra.secrets import Secrets
 from parsetune.errors import UserError
 
@@ -37,7 +39,7 @@ class Result:
 
 def one_line(text: str) -> str:
     """``text`` with every control character (newline, carriage return, escape, ...) written as ``\\n``, ``\\x1b``, ..."""
-    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return escape_controls(text)
 
 
 def error_line(stderr: str) -> str:

@@ -3,12 +3,14 @@
 They never appear on a command line, local or remote (``ps`` shows every argument): they go into
 a 0600 env file in a private temp dir, gcloud scp copies it into ``parsetune/jobs/`` (mode 0700) on
 each worker, the job sources it and deletes it before training starts, and the local copy is removed
-when the command ends. Anything printed goes through :meth:`Secrets.mask`.
+when the command ends. Anything printed goes through :meth:`Secrets.mask` (:mod:`infra.masking`:
+whole values, each line of a multi-line one, and their escaped forms).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shlex
 import shutil
@@ -16,7 +18,8 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-MASK = "****"
+from infra.masking import MASK, Masker
+from parsetune.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,17 @@ class Secrets:
         environ = os.environ if environ is None else environ
         return cls({name: environ[name] for name in names if environ.get(name)})
 
+    def require(self, names: tuple[str, ...]) -> None:
+        """``UserError`` naming the first of ``names`` (secrets the user asked for by name) that is not set.
+
+        Sending a job off without a secret it was told to get fails much later, on the TPU, or not at
+        all (a W&B run logged nowhere); an unset name is a typo or a forgotten ``export``.
+        """
+        for name in names:
+            if name not in self.values:
+                raise UserError(f"secret {name} (--secret or tpu.secrets) is not set or empty in this environment: "
+                                f"export {name}=... first, or drop it")  # fmt: skip
+
     def env_file_text(self) -> str:
         """``NAME='value'`` lines for ``set -a; . FILE; set +a``."""
         return "".join(f"{name}={shlex.quote(value)}\n" for name, value in self.values.items())
@@ -36,16 +50,17 @@ class Secrets:
         """What the env file holds, masked: ``WANDB_API_KEY=**** HF_TOKEN=****`` (or 'no secrets')."""
         return " ".join(f"{name}={MASK}" for name in self.values) or "no secrets"
 
+    @functools.cached_property
+    def _masker(self) -> Masker:
+        return Masker(self.values.values())
+
     def mask(self, text: str) -> str:
-        """``text`` with every secret value replaced by ``****`` (longest first, so no partial leaks).
+        """``text`` with every secret replaced by ``****``: whole, line by line, and escaped (:class:`Masker`).
 
         Every non-empty value is masked, however short: a 3-character secret is still a secret (and a
         short one may mask innocent text too; better than printing it).
         """
-        for value in sorted(self.values.values(), key=len, reverse=True):
-            if value:
-                text = text.replace(value, MASK)
-        return text
+        return self._masker(text)
 
 
 @contextlib.contextmanager

@@ -41,11 +41,12 @@ class TpuSettings:
     source: str = "local"  # 'local' (archive of this checkout), a .whl/.tar.gz file, or a pip spec / git+URL@REF
     run_dir: str | None = None  # gs://bucket/prefix: train/run jobs get it as their --run_dir override
     secrets: tuple[str, ...] = DEFAULT_SECRETS  # names of local environment variables sent to the workers
+    required_secrets: tuple[str, ...] = ()  # names asked for explicitly (--secret, extra tpu.secrets): submit needs them set
 
     def __post_init__(self) -> None:
         if self.run_dir is not None and not storage.is_gcs(self.run_dir):
             raise UserError(f"run_dir {self.run_dir!r}: must be a gs://bucket/prefix URL (every worker reads it)")
-        for name in self.secrets:
+        for name in (*self.secrets, *self.required_secrets):
             if not ENV_NAME_RE.fullmatch(name):
                 raise UserError(f"invalid secret name {name!r}: expected an environment variable name")
         if not self.source:
@@ -83,6 +84,10 @@ def merge_settings(section: dict[str, Any], overrides: dict[str, Any], where: st
         extra["run_dir"] = merged["run_dir"].rstrip("/")
     if "secrets" in merged:
         extra["secrets"] = tuple(dict.fromkeys([*DEFAULT_SECRETS, *merged["secrets"]]))
+        # every --secret NAME must be set; of tpu.secrets, the ones beyond the optional defaults (a config
+        # may list WANDB_API_KEY/HF_TOKEN for clarity where one of them is not in use)
+        given = overrides.get("secrets") or [n for n in merged["secrets"] if n not in DEFAULT_SECRETS]
+        extra["required_secrets"] = tuple(dict.fromkeys(given))
     return TpuSettings(target=target, **extra)
 
 

@@ -61,7 +61,7 @@ def wait_for_job(runner: Runner, t: TpuTarget, job: str, poll: float) -> str | N
                     return f"TPU {t.name} is {state}"
                 ops.report_failures(runner, states, lines=20)
                 bad = next(s for s in states if not s.done and s.state != "running")
-                raise UserError(f"job {job} on worker {bad.worker}: {bad.describe()} (not restarted: only a lost TPU is)")
+                raise UserError(runner.secrets.mask(f"job {job} on worker {bad.worker}: {bad.describe()} (not restarted: only a lost TPU is)"))
             if all(s.done for s in states):
                 return None
         elif state != last:

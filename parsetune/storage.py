@@ -16,6 +16,11 @@ Levanter's own files (checkpoints, caches) stay on fsspec/tensorstore.
 
 Errors that are the user's to fix (missing file or bucket, no permission, no credentials, an
 unwritable directory) are raised as :class:`parsetune.errors.UserError` with one line naming the path.
+
+Every gs:// call is bounded in time: an endpoint that accepts connections and never answers fails
+after ``PARSETUNE_GCS_TIMEOUT`` seconds (default 30), not after the client's minutes of retries.
+Each request gets that timeout and the retries share it (a request started just before the budget
+runs out may take one more timeout).
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from dataclasses import dataclass
 from parsetune.errors import UserError
 
 GCS_PREFIX = "gs://"
-TIMEOUT_S = 60
+TIMEOUT_ENV = "PARSETUNE_GCS_TIMEOUT"
+DEFAULT_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 10.0  # at most, to open a TCP connection to the endpoint
 CHUNK_BYTES = 8 * 1024 * 1024  # uploads above this go in resumable chunks of this size
 
 
@@ -57,6 +64,47 @@ def gcs_endpoint() -> str:
 # ----------------------------------------------------------------------------------------- GCS
 
 
+def timeout_s() -> float:
+    """The time budget of one gs:// call, in seconds: ``PARSETUNE_GCS_TIMEOUT`` or 30."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise UserError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return value
+
+
+def _bounded(conditional: bool = False) -> dict:
+    """``timeout`` and ``retry`` keyword arguments that bound a google-cloud-storage call by :func:`timeout_s`.
+
+    The retry policy stays the library's own: ``conditional`` (for copies) retries only a call that
+    carries a generation precondition.
+    """
+    from google.cloud.storage.retry import DEFAULT_RETRY, ConditionalRetryPolicy, is_generation_specified
+
+    budget = timeout_s()
+    retry = DEFAULT_RETRY.with_timeout(budget)
+    if conditional:
+        retry = ConditionalRetryPolicy(retry, is_generation_specified, ["query_params"])
+    return {"timeout": budget, "retry": retry}
+
+
+def _timed_out(err: BaseException | None) -> bool:
+    """Whether ``err`` (or what it wraps) is a timeout: a request unanswered, or the retries' budget spent."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        name = type(err).__name__.lower()
+        if "timeout" in name or "timed out" in str(err).lower() or name == "retryerror":
+            return True
+        err = err.__cause__ or err.__context__ or getattr(err, "cause", None)
+    return False
+
+
 def split_gcs(path: str) -> tuple[str, str]:
     """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
     bucket, _, name = path[len(GCS_PREFIX) :].partition("/")
@@ -71,7 +119,7 @@ def _check_reachable(endpoint: str) -> None:
     url = urllib.parse.urlsplit(endpoint if "://" in endpoint else "http://" + endpoint)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        socket.create_connection((url.hostname, port), timeout=10).close()
+        socket.create_connection((url.hostname, port), timeout=min(CONNECT_TIMEOUT_S, timeout_s())).close()
     except OSError as err:
         raise UserError(f"cannot reach GCS at {url.hostname}:{port} ({err}); check the network or STORAGE_EMULATOR_HOST") from err
 
@@ -133,14 +181,19 @@ def _gcs_errors(path: str, writing: bool = False) -> Iterator[None]:
         hint = ""
         if "auth" in name.lower() or "credential" in str(err).lower():
             hint = " (check `gcloud auth application-default login` or GOOGLE_APPLICATION_CREDENTIALS)"
-        elif "connect" in str(err).lower() or "timeout" in name.lower():
+        elif _timed_out(err):
+            raise UserError(
+                f"cannot access {path}: GCS at {gcs_endpoint()} did not answer within {timeout_s():g} s "
+                f"(check the network or STORAGE_EMULATOR_HOST; {TIMEOUT_ENV} sets the limit)"
+            ) from err
+        elif "connect" in str(err).lower():
             hint = f" (is GCS reachable from here? STORAGE_EMULATOR_HOST={os.environ.get('STORAGE_EMULATOR_HOST', 'unset')})"
         raise UserError(f"cannot access {path}: {name}: {_first_line(err)}{hint}") from err
 
 
 def _bucket_exists(bucket: str) -> bool:
     try:
-        return _client().bucket(bucket).exists(timeout=TIMEOUT_S)
+        return _client().bucket(bucket).exists(**_bounded())
     except Exception:  # no permission to look: assume it is there, report the object
         return True
 
@@ -158,7 +211,7 @@ def _upload(path: str, data: bytes, if_generation_match: int | None) -> int:
     with _gcs_errors(path, writing=True):
         try:
             # checksum: the client sends the CRC32C along and GCS refuses a body that does not match it
-            blob.upload_from_string(data, if_generation_match=if_generation_match, checksum="crc32c", timeout=TIMEOUT_S)
+            blob.upload_from_string(data, if_generation_match=if_generation_match, checksum="crc32c", **_bounded())
         except PreconditionFailed as err:
             if if_generation_match == 0:
                 raise UserError(f"{path}: already exists; nothing was overwritten") from err
@@ -184,7 +237,7 @@ def list_objects(prefix: str) -> list[ObjectInfo]:
     with _gcs_errors(prefix):
         return [
             ObjectInfo(f"gs://{bucket}/{b.name}", int(b.generation), (now - b.updated).total_seconds())
-            for b in _client().list_blobs(bucket, prefix=name, timeout=TIMEOUT_S)
+            for b in _client().list_blobs(bucket, prefix=name, **_bounded())
         ]
 
 
@@ -193,7 +246,7 @@ def copy_object(source: str, dest: str, if_generation_match: int | None = None) 
     src = _blob(source)
     bucket, name = split_gcs(dest)
     with _gcs_errors(dest, writing=True):
-        copied = src.bucket.copy_blob(src, _client().bucket(bucket), name, if_generation_match=if_generation_match, timeout=TIMEOUT_S)
+        copied = src.bucket.copy_blob(src, _client().bucket(bucket), name, if_generation_match=if_generation_match, **_bounded(conditional=True))
     return int(copied.generation)
 
 
@@ -204,7 +257,7 @@ def generation(path: str) -> int | None:
 
     with _gcs_errors(path):
         try:
-            blob.reload(timeout=TIMEOUT_S)
+            blob.reload(**_bounded())
         except NotFound:
             return None
     return int(blob.generation)
@@ -302,7 +355,7 @@ def exists(path: str) -> bool:
     if is_gcs(path):
         blob = _blob(path)
         with _gcs_errors(path):
-            return blob.exists(timeout=TIMEOUT_S)
+            return blob.exists(**_bounded())
     return os.path.exists(path)
 
 
@@ -310,7 +363,7 @@ def read_bytes(path: str) -> bytes:
     if is_gcs(path):
         blob = _blob(path)
         with _gcs_errors(path):
-            return blob.download_as_bytes(checksum="crc32c", timeout=TIMEOUT_S)
+            return blob.download_as_bytes(checksum="crc32c", **_bounded())
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -362,7 +415,7 @@ def delete(path: str, if_generation_match: int | None = None) -> None:
         blob = _blob(path)
         with _gcs_errors(path, writing=True):
             with contextlib.suppress(NotFound):
-                blob.delete(if_generation_match=if_generation_match, timeout=TIMEOUT_S)
+                blob.delete(if_generation_match=if_generation_match, **_bounded())
         return
     try:
         os.unlink(path)

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from parsetune.errors import UserError
+from parsetune.tasks.schema_refs import check_local_refs, offline_registry
 
 
 def _refuse_constant(name: str) -> Any:
@@ -45,16 +46,18 @@ def canonical_json(value: Any) -> str:
 
 def make_validator(schema: dict[str, Any]) -> Any:
     """Build a ``jsonschema`` validator for ``schema``; raises ``jsonschema.SchemaError`` if the
-    schema itself is invalid (the caller turns that into a user error)."""
+    schema itself is invalid (the caller turns that into a user error). Its references resolve
+    offline (``schema_refs.offline_registry``): a remote ``$ref`` is never fetched."""
     import jsonschema
 
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema)
+    return cls(schema, registry=offline_registry())
 
 
 def load_json_schema(path: str) -> dict[str, Any]:
-    """Read a JSON Schema file (local or gs://); ``UserError`` if it is not valid JSON or not a schema."""
+    """Read a JSON Schema file (local or gs://); ``UserError`` if it is not valid JSON, not a schema,
+    or has a ``$ref`` that does not resolve inside it (a remote one is refused, never fetched)."""
     from parsetune import storage
 
     try:
@@ -70,6 +73,7 @@ def load_json_schema(path: str) -> dict[str, Any]:
     except Exception as exc:  # jsonschema.SchemaError and friends
         message = getattr(exc, "message", str(exc))
         raise UserError(f"{path}: invalid JSON Schema ({message})") from None
+    check_local_refs(schema, path)  # before any work: a remote $ref would be fetched once per validated row
     return schema
 
 
