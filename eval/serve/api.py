@@ -61,7 +61,9 @@ def create_app(served: ServedModel, batcher: Batcher, settings: ServeSettings = 
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, err: RequestValidationError):
-        first = err.errors()[0] if err.errors() else {}
+        errors = err.errors()
+        unknown = [e for e in errors if e.get("type") == "extra_forbidden"]  # a misspelt field first: it is also "missing"
+        first = (unknown or errors or [{}])[0]
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
         if first.get("type") == "json_invalid":
