@@ -135,10 +135,6 @@ def test_an_empty_api_key_is_an_error_not_an_open_server(tmp_path):
     (tmp_path / "key").write_text("\n")
     from_file = run_cli("serve", target, "--api-key-file", str(tmp_path / "key"))
     assert from_file.returncode == 2 and "API key is empty" in from_file.stderr
-    both = run_cli("serve", target, "--api-key", "k", "--api-key-file", str(tmp_path / "key"))
-    assert both.returncode == 2 and "give one of them" in both.stderr
-    missing = run_cli("serve", target, "--api-key-file", str(tmp_path / "absent"))
-    assert missing.returncode == 2 and "cannot read the key" in missing.stderr
 
 
 def test_api_key_sources_and_their_precedence(tmp_path):
@@ -154,6 +150,10 @@ def test_api_key_sources_and_their_precedence(tmp_path):
     for bad in ({"PARSETUNE_API_KEY": ""}, {"PARSETUNE_API_KEY": "a\nb"}):
         with pytest.raises(UserError, match="PARSETUNE_API_KEY"):
             resolve_api_key(None, None, bad)
+    with pytest.raises(UserError, match="give one of them"):
+        resolve_api_key("k", str(key_file), env)
+    with pytest.raises(UserError, match="cannot read the key"):
+        resolve_api_key(None, str(tmp_path / "absent"), env)
 
 
 def test_the_key_from_the_environment_guards_v1_with_any_case_bearer_and_utf8(guarded):
