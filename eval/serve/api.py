@@ -4,10 +4,11 @@ Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST /v
 (the model's chat template), ``GET /v1/task`` and ``POST /v1/parse`` (a sentence in, the run's
 output format out: what the page at ``/`` calls). Every error is a JSON body in OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status for anything the client can
-fix (bad JSON or types, unknown model, prompt + ``max_tokens`` over the context, invalid schema,
-oversized body: 400/401/404/413), 429 with ``Retry-After`` when the queue is full, 504 when a
-request outlives ``--timeout``. Responses carry ``constraint`` (what restricted the output) and
-``timing`` besides OpenAI's fields.
+fix (bad JSON, types or text, unknown fields, numbers out of range, unknown model, prompt +
+``max_tokens`` over the context, invalid schema, a Host not allowed, a wrong key, oversized body:
+400/401/404/413), 429 with ``Retry-After`` when the queue is full, 504 when a request outlives
+``--timeout`` (compiling its constraint included). Responses carry ``constraint`` (what
+restricted the output) and ``timing`` besides OpenAI's fields.
 """
 
 from __future__ import annotations

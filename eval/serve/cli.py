@@ -10,8 +10,8 @@ from parsetune.errors import UserError
 EPILOG = """examples:
   parsetune serve runs/smollm2-lora                      # the run's model, prompt format and constraint
   parsetune serve runs/smollm2-lora/hf --port 8080       # a bare HF checkpoint: completions and chat
-  parsetune serve runs/smollm2-lora --host 0.0.0.0 --allowed-host parser.example.com \
-      --api-key-file ~/.parsetune-key                    # reachable from other hosts: set a key
+  parsetune serve runs/smollm2-lora --host 0.0.0.0 --allowed-host parser.example.com --api-key-file KEYFILE
+      # reachable from other hosts by that name (or an IP address), with a key
 
 the API key, when one is set: --api-key KEY or --api-key-file FILE (not both), else the
 environment variable PARSETUNE_API_KEY; an empty key is an error. Prefer the file or the
@@ -28,10 +28,9 @@ def _run(args: argparse.Namespace) -> int:
 
     from eval.serve.api import ServeSettings, create_app
     from eval.serve.batcher import Batcher
-    from eval.serve.served_model import ServedModel
-
     from eval.serve.access import is_loopback, normalise_allowed_hosts, resolve_api_key
     from eval.serve.read_deadline import read_deadline_protocol
+    from eval.serve.served_model import ServedModel
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: expected 1..65535")
@@ -42,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     if not loopback and not allowed_hosts:
         print(f"parsetune serve: note: listening on {args.host}: requests must name it by IP address (Host header); add --allowed-host NAME for each host name clients use", file=sys.stderr)  # fmt: skip
     if not loopback and not api_key:
-        print(f"parsetune serve: warning: listening on {args.host} without --api-key: anyone who reaches it can use it", file=sys.stderr)
+        print(f"parsetune serve: warning: listening on {args.host} without an API key (--api-key-file, PARSETUNE_API_KEY): anyone who reaches it can use it", file=sys.stderr)
     print(f"parsetune serve: loading {args.target}", file=sys.stderr)
     served = ServedModel(args.target, args.dtype, args.model_name)
     batcher = Batcher(served, args.max_batch, args.batch_window_ms / 1000, args.max_queue)
