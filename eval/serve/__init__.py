@@ -6,6 +6,10 @@
   short wait window), a bounded queue, per-request cancellation.
 - ``protocol``: the request bodies (OpenAI's completions / chat completions + our extra fields),
   checked into typed settings or a 4xx.
-- ``api``: the FastAPI app (routes, errors in OpenAI's shape, optional Bearer key, the page at ``/``).
+- ``api``: the FastAPI app (routes, errors in OpenAI's shape, the page at ``/``).
+- ``guard``: what every request passes first (Host allow-list, API key, body size on the bytes read);
+  ``access``: where the key comes from and which Host names are accepted.
+- ``read_deadline``: uvicorn's connection with a deadline on reading each request.
+- ``schema_check``: refuses JSON Schemas whose ``$ref`` s loop without end.
 - ``cli``: the ``parsetune serve`` command (uvicorn).
 """

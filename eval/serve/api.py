@@ -4,10 +4,11 @@ Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST /v
 (the model's chat template), ``GET /v1/task`` and ``POST /v1/parse`` (a sentence in, the run's
 output format out: what the page at ``/`` calls). Every error is a JSON body in OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status for anything the client can
-fix (bad JSON or types, unknown model, prompt + ``max_tokens`` over the context, invalid schema,
-oversized body: 400/401/404/413), 429 with ``Retry-After`` when the queue is full, 504 when a
-request outlives ``--timeout``. Responses carry ``constraint`` (what restricted the output) and
-``timing`` besides OpenAI's fields.
+fix (bad JSON, types or text, unknown fields, numbers out of range, unknown model, prompt +
+``max_tokens`` over the context, invalid schema, a Host not allowed, a wrong key, oversized body:
+400/401/404/413), 429 with ``Retry-After`` when the queue is full, 504 when a request outlives
+``--timeout`` (compiling its constraint included). Responses carry ``constraint`` (what
+restricted the output) and ``timing`` besides OpenAI's fields.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import importlib.resources
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,19 +27,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eval.serve.batcher import Batcher, Completion, Job, QueueFull
+from eval.serve.guard import Guard, ServeSettings, error_response
 from eval.serve.protocol import DEFAULT_MAX_TOKENS, ChatRequest, CompletionRequest, ParseRequest, _Generation
 from eval.serve.served_model import ConstraintSpec, ServedModel
 from parsetune.errors import UserError
 
-MAX_BODY_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    api_key: str | None = None
-    timeout_s: float = 60.0
-    retry_after_s: int = 1
-    max_body_bytes: int = MAX_BODY_BYTES
+__all__ = ["ServeSettings", "create_app"]
 
 
 class ApiError(Exception):
@@ -48,36 +41,11 @@ class ApiError(Exception):
         self.status, self.message, self.kind, self.param, self.code, self.headers = status, message, kind, param, code, headers
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error", param=None, code=None, headers=None) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+_error = error_response
 
 
 def _page() -> str:
     return importlib.resources.files("eval.serve").joinpath("page.html").read_text(encoding="utf-8")
-
-
-class _Guard:
-    """Pure ASGI middleware (Starlette's BaseHTTPMiddleware would hide client disconnects from the
-    routes): bodies over the size limit get 413, /v1/ routes without the API key 401."""
-
-    def __init__(self, app, settings: ServeSettings) -> None:
-        self.app, self.settings = app, settings
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-            length, limit = headers.get("content-length"), self.settings.max_body_bytes
-            refusal = None
-            if length is not None and (not length.isdigit() or int(length) > limit):
-                refusal = _error(413, f"the body is over {limit} bytes")
-            elif self.settings.api_key and scope["path"].startswith("/v1/"):
-                given = headers.get("authorization", "")
-                if not secrets.compare_digest(given.encode(), f"Bearer {self.settings.api_key}".encode()):
-                    refusal = _error(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error")
-            if refusal is not None:
-                return await refusal(scope, receive, send)
-        return await self.app(scope, receive, send)
 
 
 def create_app(served: ServedModel, batcher: Batcher, settings: ServeSettings = ServeSettings()) -> FastAPI:
@@ -94,11 +62,15 @@ def create_app(served: ServedModel, batcher: Batcher, settings: ServeSettings = 
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, err: RequestValidationError):
-        first = err.errors()[0] if err.errors() else {}
+        errors = err.errors()
+        unknown = [e for e in errors if e.get("type") == "extra_forbidden"]  # a misspelt field first: it is also "missing"
+        first = (unknown or errors or [{}])[0]
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
         if first.get("type") == "json_invalid":
             message = "the body is not valid JSON (UTF-8)"
+        elif first.get("type") == "extra_forbidden":  # OpenAI's words: a misspelt field must not pass unnoticed
+            return _error(400, f"unrecognized request argument supplied: {where}", param=where, code="unknown_field")
         return _error(400, f"{where}: {message}" if where else message, param=where or None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -112,7 +84,7 @@ def create_app(served: ServedModel, batcher: Batcher, settings: ServeSettings = 
     async def _internal(_: Request, err: Exception):  # a bug of ours, still in OpenAI's shape
         return _error(500, f"internal error: {type(err).__name__}: {err}", "server_error")
 
-    app.add_middleware(_Guard, settings=settings)
+    app.add_middleware(Guard, settings=settings)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -153,9 +125,17 @@ def create_app(served: ServedModel, batcher: Batcher, settings: ServeSettings = 
 
     async def _generate(request: Request, body: _Generation, prompt: str | list[int], spec: ConstraintSpec) -> tuple[Completion, int, str]:
         _check_model(body.model)
-        constraint = await run_in_threadpool(served.constraint, spec)
+        deadline = time.perf_counter() + settings.timeout_s  # compiling the constraint counts too
+
+        async def within_deadline(work):
+            try:
+                return await asyncio.wait_for(run_in_threadpool(work), max(deadline - time.perf_counter(), 0.0))
+            except asyncio.TimeoutError:  # the thread finishes on its own; the client is answered now
+                raise ApiError(504, f"the request took longer than {settings.timeout_s:g} s (compiling its constraint or reading its prompt)", "timeout_error") from None  # fmt: skip
+
+        constraint = await within_deadline(lambda: served.constraint(spec))
         if isinstance(prompt, str):
-            ids = await run_in_threadpool(lambda: served.tokenizer(prompt)["input_ids"])
+            ids = await within_deadline(lambda: served.tokenizer(prompt)["input_ids"])
             text = prompt
         else:
             vocab = served.model.vocab_size
@@ -180,7 +160,6 @@ def create_app(served: ServedModel, batcher: Batcher, settings: ServeSettings = 
         except QueueFull as err:
             raise ApiError(429, f"the server is busy ({err}); retry later", "rate_limit_error", headers={"Retry-After": str(settings.retry_after_s)}) from None  # fmt: skip
         waiting = asyncio.wrap_future(future)
-        deadline = time.perf_counter() + settings.timeout_s
         while True:
             done, _ = await asyncio.wait({waiting}, timeout=0.2)
             if done:

@@ -184,6 +184,7 @@ class ServedModel:
         from eval.constrained import (
             JSON_CLOSING, JSON_OBJECT_SCHEMA, JSON_SEPARATOR, GrammarConstraint, build_constraint, schema_grammar,
         )  # fmt: skip
+        from eval.serve.schema_check import check_finite_schema
 
         if spec.kind == "none":
             return None
@@ -206,6 +207,7 @@ class ServedModel:
         if key not in self._json_constraints:  # clients repeat their schemas: compile each once
             if grammar is None:
                 grammar = schema_grammar(spec.schema, "response_format.json_schema.schema")
+                check_finite_schema(spec.schema, "response_format.json_schema.schema")
             if len(self._json_constraints) >= 64:
                 self._json_constraints.pop(next(iter(self._json_constraints)))
             self._json_constraints[key] = GrammarConstraint(
