@@ -156,8 +156,9 @@ def tiny_data(tiny_model_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_sigterm_to_the_launcher_during_task_metrics_stops_every_host_and_the_run_resumes(tiny_model_dir, tiny_data, tmp_path):
     run = tmp_path / "run"
-    config = tiny_config(tmp_path / "c.yaml", tiny_model_dir, tiny_data, run, LORA, steps_per_eval=1, **TP)
-    # task metrics after every step (generation dominates the run), a checkpoint every 2 steps
+    # task metrics after every step (generation dominates the run), a checkpoint after every step
+    every_step = {"save_interval": "1000m", "keep": [{"every": 1}]}
+    config = tiny_config(tmp_path / "c.yaml", tiny_model_dir, tiny_data, run, LORA, steps_per_eval=1, checkpointer=every_step, **TP)
     task = ("--task_eval.examples", "8", "--task_eval.batch_size", "8", "--task_eval.max_new_tokens", "64")
     launcher, err = start([sys.executable, "-m", "parsetune", "train", str(config), "--hosts", "2", "--trainer.num_train_steps", "200",
                            "--export", "false", *task], env={**DEVICES(2), "PARSETUNE_STOP_DEADLINE": "60"})  # fmt: skip
@@ -180,9 +181,12 @@ def test_sigterm_to_the_launcher_during_task_metrics_stops_every_host_and_the_ru
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("task_exact_match" in r for r in rows)
     assert not list(run.glob(".*.tmp")), "no staging file of ours left behind"
-    resumed = run_train(config, "--trainer.num_train_steps", "4", "--export", "false", "--task_eval.examples", "0", env=DEVICES(4))
+    saved = sorted(int(d.name.removeprefix("step-")) for d in (run / "checkpoints").glob("step-*") if (d / "metadata.json").exists())
+    assert saved, "the checkpoints of the steps before the stop are there"
+    resumed = run_train(config, "--trainer.num_train_steps", str(saved[-1] + 2), "--export", "false", "--data.validation", "null",
+                        env=DEVICES(4))  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from {run}/checkpoints at step" in resumed.stderr
+    assert f"resumed from {run}/checkpoints at step {saved[-1] + 1}" in resumed.stderr, resumed.stderr[-3000:]
 
 
 def generate_argv(model: Path, data: Path, out: Path) -> list[str]:
