@@ -97,7 +97,7 @@ def _schema_beside(data_path: str) -> str:
 def _run_generate_pod(args: argparse.Namespace, hosts: int) -> int:
     import sys
 
-    from parsetune.local_pod import pod_failure, run_local_pod
+    from parsetune.local_pod import PodStopped, pod_failure, run_local_pod
 
     argv = ["eval", "generate", "--model", args.model, "--data", args.data, "--out", args.out]
     for flag in ("batch_size", "max_new_tokens", "limit", "dtype", "model_axis_size", "draft_tokens"):
@@ -108,7 +108,11 @@ def _run_generate_pod(args: argparse.Namespace, hosts: int) -> int:
     if not args.grounding:
         argv.append("--no-grounding")
     print(f"[parsetune eval generate] starting a simulated pod of {hosts} processes on 127.0.0.1", file=sys.stderr, flush=True)
-    failure = pod_failure(run_local_pod([sys.executable, "-m", "parsetune", *argv], hosts))
+    try:
+        failure = pod_failure(run_local_pod([sys.executable, "-m", "parsetune", *argv], hosts))
+    except PodStopped as stopped:
+        print(f"parsetune eval generate: {stopped}", file=sys.stderr)
+        return stopped.exit_status
     if failure:
         raise UserError(failure)
     return 0

@@ -34,6 +34,7 @@ import numpy as np
 
 from eval.generation_model import GenerationModel
 from eval.sampling import Sampling
+from parsetune.signals import raise_if_stopping
 
 
 class TokenConstraint(Protocol):
@@ -185,6 +186,7 @@ class BatchDecoder:
         start_B = np.full(b, t, np.int32)  # next cache slot of each row: its last kept token goes there
         step = 0
         while not all(done):
+            raise_if_stopping()  # a pod host told to stop (SIGTERM) does not finish the batch first
             step += 1
             drafts = [[] if done[r] else self._draft(history[r], limit[r] - len(out[r]) - 1) for r in range(b)]
             width_t = k + 1 if any(drafts) else 1

@@ -178,6 +178,7 @@ def decode_records(
 
     from eval.decoding import BatchDecoder, bucket_length
 
+    from parsetune.signals import raise_if_stopping
     from parsetune.soft_prompt import prefix_ids
 
     prefix = prefix_ids(model.model)  # prompt tuning: the soft prompt's virtual ids come first
@@ -193,6 +194,7 @@ def decode_records(
     eos_count = 0
     with tqdm(total=len(records), desc="generate", unit="ex", disable=not progress) as bar:
         for first in range(0, len(order), batch_size):
+            raise_if_stopping()
             rows = order[first : first + batch_size]
             batch = [prompts[i] for i in rows]
             batch += [batch[0]] * (batch_size - len(batch))  # a full batch keeps one compiled shape

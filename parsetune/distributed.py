@@ -13,7 +13,8 @@ in what the config leaves unset:
 On CPU the processes exchange data through gloo collectives (``jax_cpu_collectives_implementation``).
 We initialise ``jax.distributed`` ourselves (before anything touches a JAX backend) so that a lost
 peer is noticed within ``PARSETUNE_HEARTBEAT_TIMEOUT`` seconds, not Levanter's 30-minute timeout;
-Levanter is then told not to initialise it again.
+Levanter is then told not to initialise it again. A process of a pod then stops within a bounded
+time on SIGTERM/SIGINT, or when its ``--hosts N`` launcher dies (:func:`parsetune.signals.stop_on_signals`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,18 @@ def join_pod() -> None:
 def _join(distributed_config) -> None:
     import jax
 
+    from parsetune.signals import stop_on_signals
+
+    _initialize(distributed_config)
+    if jax.distributed.is_initialized():
+        # JAX's preemption notifier has just taken SIGTERM and would swallow it: a pod host must stop
+        # within a bounded time (a TPU VM is killed ~30 s after its preemption notice)
+        stop_on_signals(f"process {jax.process_index()}")
+
+
+def _initialize(distributed_config) -> None:
+    import jax
+
     settings = pod_settings(distributed_config)
     if not settings.explicit:
         # one process, or a TPU slice that describes itself: what Levanter would do, done now, so
@@ -181,6 +194,8 @@ def fail_fast(command: str):
 
         if isinstance(err, UserError):
             print(f"parsetune {command}: error: {err}", file=sys.stderr)
+        elif isinstance(err, KeyboardInterrupt):
+            print(f"parsetune {command}: process {jax.process_index()} stopped ({err or 'interrupted'})", file=sys.stderr)
         elif lost_peer(err):
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             print(

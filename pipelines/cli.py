@@ -84,12 +84,16 @@ def run_train_pod(config: str, overrides: list[str], hosts: int) -> int:
     import sys
 
     from parsetune.errors import UserError
-    from parsetune.local_pod import pod_failure, run_local_pod
+    from parsetune.local_pod import PodStopped, pod_failure, run_local_pod
     from pipelines.train import parse_config
 
     parse_config(config, overrides)  # a bad config fails here once, not in every host
     print(f"[parsetune train] starting a simulated pod of {hosts} processes on 127.0.0.1", file=sys.stderr, flush=True)
-    exits = run_local_pod([sys.executable, "-m", "parsetune", "train", config, *overrides], hosts)
+    try:
+        exits = run_local_pod([sys.executable, "-m", "parsetune", "train", config, *overrides], hosts)
+    except PodStopped as stopped:
+        print(f"parsetune train: {stopped}", file=sys.stderr)
+        return stopped.exit_status
     failure = pod_failure(exits)
     if failure:
         raise UserError(failure)
