@@ -125,7 +125,10 @@ def run(config: TrainConfig) -> str:
 
     from pipelines.eval_plan import check_targets, plan_eval
 
-    check_wandb_login(config)  # before step 1 writes anything
+    from pipelines.config_checks import check_run_dir
+
+    check_run_dir(config.run_dir)  # before step 1 writes anything
+    check_wandb_login(config)
     plan = plan_eval(config)  # task, constraint and schema fit together: before any heavy work
     run_dir = config.run_dir
     prep_dir = prep_dir_of(run_dir)
