@@ -16,7 +16,8 @@ first; only when every file is there is it published, with the commit file (the 
   Staging or a lock left by a killed process on this host is removed by the next publish; from
   other hosts, once it is an hour old.
 
-The destination belongs to the set: publishing refuses a directory that holds anything else.
+The destination belongs to the set: publishing refuses a directory that holds anything else. A
+local destination that is a symbolic link to a directory publishes into that directory (the link stays).
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def publish(dest: str, files: dict[str, bytes], commit: str, owned: Callable[[st
     if storage.is_gcs(dest):
         _publish_gcs(dest.rstrip("/"), files, commit, owned)
     else:
-        _publish_local(os.path.abspath(dest), files, commit, owned)
+        # a symbolic link to a directory: the set replaces the directory it points to (which must be
+        # empty or hold a set, like any destination) and the link is kept; swapping the link itself
+        # would fail (a rename cannot put a directory over it) or replace the link by a directory
+        _publish_local(os.path.realpath(dest) if os.path.islink(dest) else os.path.abspath(dest), files, commit, owned)
 
 
 def _foreign(dest: str, entries: list[str]) -> UserError:
