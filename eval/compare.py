@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +112,20 @@ def _md(text: str) -> str:
     return text.replace("`", "'").replace("\n", " ⏎ ")
 
 
+def _table_text(text: str) -> str:
+    """Text safe in a markdown table cell: ``|`` escaped (it would end the cell), line breaks shown."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ⏎ ")
+
+
+def check_names(names: list[str]) -> None:
+    """Run names head columns, headings and list items of the report: a control character (a newline
+    or tab) would break them, so it is refused; ``|`` is escaped where it matters (``_table_text``)."""
+    for number, name in enumerate(names, start=1):
+        bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+        if bad is not None:
+            raise UserError(f"run name {number} ({name!r}) holds the control character {bad!r}; give --names on one line")
+
+
 def attribute_table(per_attribute: dict[str, Any]) -> list[str]:
     """Markdown rows: each attribute's references, predictions, precision, recall, value accuracy."""
     lines = [
@@ -121,7 +136,7 @@ def attribute_table(per_attribute: dict[str, Any]) -> list[str]:
         predicted = stats.get("predicted")
         precision = stats.get("precision")
         lines.append(
-            f"| {name} | {stats['n']} | {'—' if predicted is None else predicted} | "
+            f"| {_table_text(name)} | {stats['n']} | {'—' if predicted is None else predicted} | "
             f"{'—' if precision is None else f'{precision:.3f}'} | {stats['presence_rate']:.3f} | {stats['value_accuracy']:.3f} |"
         )
     return lines
@@ -132,7 +147,7 @@ def field_table(per_field: dict[str, Any]) -> list[str]:
     lines = ["| field | in references | predicted | right value | precision | recall |", "|---|---:|---:|---:|---:|---:|"]
     for name, stats in per_field.items():
         lines.append(
-            f"| {_md(name)} | {stats['n']} | {stats['predicted']} | {stats['correct']} | {_cell(stats.get('precision'))} | {_cell(stats.get('recall'))} |"
+            f"| {_table_text(_md(name))} | {stats['n']} | {stats['predicted']} | {stats['correct']} | {_cell(stats.get('precision'))} | {_cell(stats.get('recall'))} |"
         )
     return lines
 
@@ -189,7 +204,7 @@ def render_report(runs: list[RunSummary], out_path: str) -> str:
     """The markdown text of the comparison report written to ``out_path``."""
     task = runs[0].task
     lines = [f"# {TITLES[task]}", ""]
-    lines.append("| metric | " + " | ".join(r.name for r in runs) + " |")
+    lines.append("| metric | " + " | ".join(_table_text(r.name) for r in runs) + " |")
     lines.append("|---|" + "---:|" * len(runs))
     for label, key in ROWS if task == "viggo" else JSON_ROWS:
         lines.append(f"| {label} | " + " | ".join(_cell(r.metrics[key]) for r in runs) + " |")
@@ -240,6 +255,7 @@ def compare_runs(directories: list[str], out_path: str, names: list[str] | None 
         names = [os.path.basename(d.rstrip("/")) or d for d in directories]
     if len(names) != len(directories):
         raise UserError(f"--names has {len(names)} names for {len(directories)} directories")
+    check_names(names)
     from eval.score import SCORE_FILES
     from parsetune.output_guard import refuse_inputs_as_output
 

@@ -99,9 +99,11 @@ def json_schema_grammar(schema_path: str) -> str:
     """An llguidance grammar for compact JSON (no free whitespace) matching the schema file."""
     import llguidance
 
+    from parsetune.tasks.json_form import loads_strict
+
     text = storage.read_text(schema_path)
     try:
-        schema: Any = json.loads(text)
+        schema: Any = loads_strict(text)
     except ValueError as err:
         raise UserError(f"{schema_path}: not valid JSON ({err})") from None
     return schema_grammar(schema, schema_path)

@@ -20,6 +20,7 @@ The destination belongs to the set: publishing refuses a directory that holds an
 one whose files look like a set's but that has no commit file (a user's own ``train.jsonl`` is not
 ours to replace). On gs:// a set withdrawn by a publish that died keeps its lock object, which marks
 the files as ours until the next publish.
+A local destination that is a symbolic link to a directory publishes into that directory (the link stays).
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ def publish(dest: str, files: dict[str, bytes], commit: str, owned: Callable[[st
     if storage.is_gcs(dest):
         _publish_gcs(dest.rstrip("/"), files, commit, owned)
     else:
-        _publish_local(os.path.abspath(dest), files, commit, owned)
+        # a symbolic link to a directory: the set replaces the directory it points to (which must be
+        # empty or hold a set, like any destination) and the link is kept; swapping the link itself
+        # would fail (a rename cannot put a directory over it) or replace the link by a directory
+        _publish_local(os.path.realpath(dest) if os.path.islink(dest) else os.path.abspath(dest), files, commit, owned)
 
 
 def _foreign(dest: str, entries: list[str], commit: str | None = None) -> UserError:

@@ -1,5 +1,5 @@
-"""Hugging Face checkpoint files, without JAX or Levanter: is a name a hub id, and a checkpoint's
-``config.json`` (local, gs:// or from the hub)."""
+"""Hugging Face checkpoint files, without JAX or Levanter: is a name a hub id, a checkpoint's
+``config.json`` (local, gs:// or from the hub), and are its local safetensors weight files whole."""
 
 from __future__ import annotations
 
@@ -32,3 +32,58 @@ def read_hf_config(model_dir: str) -> dict:
     if not storage.exists(path):
         raise UserError(f"{model_dir}: no config.json; expected an HF checkpoint directory (see `parsetune prep model`)")
     return json.loads(storage.read_text(path))
+
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def safetensors_files(model_dir: str) -> list[str]:
+    """The local ``.safetensors`` weight files of a checkpoint: the shards its index names, else
+    ``model.safetensors`` (none for gs://, a hub id, or other weight formats)."""
+    if storage.is_gcs(model_dir) or not os.path.isdir(model_dir):
+        return []
+    index = os.path.join(model_dir, SAFETENSORS_INDEX)
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as err:
+            raise UserError(f"{index}: unreadable safetensors index ({type(err).__name__}: {err})") from None
+        return [os.path.join(model_dir, name) for name in names]
+    single = os.path.join(model_dir, "model.safetensors")
+    return [single] if os.path.exists(single) else []
+
+
+def check_safetensors(path: str) -> None:
+    """One line naming ``path`` when it is not a whole safetensors file: a header that does not parse,
+    or fewer bytes than its header describes (a cut download or copy). Levanter would fail with a
+    traceback deep in loading, after the run dir was written."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise UserError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+            header_size = int.from_bytes(prefix, "little")
+            if header_size > size - 8:
+                raise UserError(f"{path}: truncated safetensors file ({size} bytes; its header alone claims {header_size})")
+            header = json.loads(f.read(header_size))
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise UserError(f"{path}: not a safetensors file (its header does not parse: {type(err).__name__})") from None
+    try:
+        end = max((int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"), default=0)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        raise UserError(f"{path}: not a safetensors file (its header has no valid data_offsets)") from None
+    if 8 + header_size + end > size:
+        raise UserError(f"{path}: truncated safetensors file ({size} bytes; its header describes {8 + header_size + end})")
+
+
+def check_weights(model_dir: str) -> None:
+    """Every local safetensors weight file of ``model_dir`` is whole (``check_safetensors``)."""
+    for path in safetensors_files(model_dir):
+        if not os.path.exists(path):
+            raise UserError(f"{path}: missing (named by {os.path.join(model_dir, SAFETENSORS_INDEX)})")
+        check_safetensors(path)

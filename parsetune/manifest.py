@@ -34,7 +34,7 @@ def read_manifest(directory: str) -> dict | None:
         return None
     try:
         manifest = json.loads(storage.read_text(path))
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(manifest, dict):
         raise UserError(f"{path}: expected a JSON object, found {type(manifest).__name__}")

@@ -22,7 +22,7 @@ import os
 
 from parsetune import storage
 from parsetune.errors import UserError
-from parsetune.hf_files import read_hf_config
+from parsetune.hf_files import check_weights, read_hf_config
 
 GENERATES: tuple[str, ...] = ("llama", "mistral", "qwen2")
 TRAINABLE: tuple[str, ...] = GENERATES + ("gpt2",)
@@ -54,13 +54,15 @@ def check_generates(model_dir: str) -> None:
 
 
 def converter_for_checkpoint(model_dir: str):
-    """An HF<->Levanter converter for a local (or gs://) checkpoint, without touching the hub."""
+    """An HF<->Levanter converter for a local (or gs://) checkpoint, without touching the hub. A
+    truncated local weight file is a one-line error here, before a caller writes anything."""
     import transformers
     from levanter.compat.hf_checkpoints import HFCheckpointConverter
 
     if not storage.is_gcs(model_dir) and os.path.isdir(model_dir):
         model_dir = os.path.abspath(model_dir)
     hf = read_hf_config(model_dir)
+    check_weights(model_dir)
     model_type = hf.get("model_type")
     classes = levanter_config_classes()
     if model_type not in classes:

@@ -271,11 +271,13 @@ def _local_write_error(path: str, err: OSError) -> UserError:
 
 
 def check_output_dir(path: str) -> None:
-    """``UserError`` if ``path`` exists locally as something other than a directory, or lies below
-    a file (creates nothing)."""
+    """``UserError`` if ``path`` exists locally as something other than a directory (a broken
+    symbolic link included), or lies below a file (creates nothing)."""
     if is_gcs(path):
         split_gcs(path)
         return
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UserError(f"{path}: a broken symbolic link (to {os.readlink(path)}, which does not exist); give a directory")
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{path}: exists and is not a directory")
     parent = os.path.dirname(os.path.abspath(path))

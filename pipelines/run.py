@@ -122,7 +122,10 @@ def run(config: TrainConfig) -> str:
     from pipelines.eval_plan import plan_eval
     from pipelines.wandb_check import check_wandb_login
 
-    check_wandb_login(config)  # before step 1 writes anything
+    from pipelines.config_checks import check_run_dir
+
+    check_run_dir(config.run_dir)  # before step 1 writes anything
+    check_wandb_login(config)
     plan = plan_eval(config)  # task, constraint and schema fit together: before any heavy work
     with run_dir_lock(config.run_dir, "run"):
         return _run_steps(config, plan)

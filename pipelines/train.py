@@ -114,16 +114,17 @@ def finalize_config(config: TrainConfig, num_steps: int) -> TrainConfig:
 
 def check_inputs(config: TrainConfig, chief: bool = True) -> None:
     """Everything that can be checked before RUN_DIR is touched."""
+    from pipelines.config_checks import check_run_dir, check_values
     from pipelines.wandb_check import check_wandb_login
 
+    check_values(config)
+    check_run_dir(config.run_dir)
     check_method(config)
     if chief:  # the other hosts of a pod get a no-op tracker
         check_wandb_login(config)
     for name, path in (("data.train", config.data.train), ("data.validation", config.data.validation)):
         if path and not storage.exists(path):
             raise UserError(f"{name}: {path} does not exist (run `parsetune prep` first)")
-    if config.trainer.train_batch_size < 1:
-        raise UserError("trainer.train_batch_size must be >= 1")
     try:
         config.compute.remat_policy()
     except ValueError as err:
@@ -364,9 +365,11 @@ def parse_config(config_path: str, overrides: list[str]) -> TrainConfig:
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{config_path}: {lora_only_hint(first)}") from err
+    from pipelines.config_checks import check_values
     from pipelines.wandb_check import check_wandb_mode
 
     try:
+        check_values(config)
         check_wandb_mode(config)
     except UserError as err:
         raise UserError(f"{config_path}: {err}") from None

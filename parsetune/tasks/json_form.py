@@ -3,6 +3,9 @@
 Strict JSON only: ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (RFC 8259), although
 Python's ``json`` module reads and writes them by default. ``loads_strict`` refuses them and
 ``canonical_json`` never writes them, so a prepared target or a prediction holding one is invalid.
+``loads_strict`` also refuses an object with a duplicate key (Python keeps the last value, so
+``{"a": "junk", "a": "right"}`` would score as ``{"a": "right"}``) and nesting deeper than
+``MAX_DEPTH`` (Python's parser and every recursive walk after it would hit the recursion limit).
 
 The canonical text of a value: sorted keys, compact separators, integral floats written as ints
 (``1.0`` equals ``1``; ``true`` does not equal ``1``), non-ASCII kept as is.
@@ -10,21 +13,50 @@ The canonical text of a value: sorted keys, compact separators, integral floats 
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from typing import Any
 
 from parsetune.errors import UserError
 from parsetune.tasks.schema_refs import check_local_refs, offline_registry
 
 
+MAX_DEPTH = 128  # nested arrays/objects; far beyond any extraction target, well within Python's recursion limit
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"duplicate key {duplicate!r} in an object")
+    return result
+
+
+def nesting_depth(text: str) -> int:
+    """How deeply arrays and objects nest in JSON ``text`` (brackets inside strings do not count)."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
 def loads_strict(text: str) -> Any:
-    """``json.loads`` without the non-standard constants; ``ValueError`` (or ``json.JSONDecodeError``)
-    on anything that is not JSON."""
-    return json.loads(text, parse_constant=_refuse_constant)
+    """``json.loads`` without the non-standard constants, duplicate keys or nesting deeper than
+    ``MAX_DEPTH``; ``ValueError`` (or ``json.JSONDecodeError``) on anything else that is not JSON.
+    Never ``RecursionError``."""
+    if text.count("[") + text.count("{") > MAX_DEPTH and nesting_depth(text) > MAX_DEPTH:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+    except RecursionError:  # not reached within MAX_DEPTH; kept so that no caller ever sees one
+        raise ValueError("nested too deeply") from None
 
 
 def _canon_value(value: Any) -> Any:
