@@ -75,3 +75,18 @@ def check_run_dir(run_dir: str) -> None:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise UserError(f"run_dir: {run_dir} lies below {parent}, which is a file, not a directory")
+
+
+def check_method(config: TrainConfig) -> None:
+    """The method's own settings (prompt tuning's lengths, the quantized base's kind)."""
+    from pipelines.config import PromptTuningConfig
+    from pipelines.quantize import KINDS
+
+    if isinstance(config.method, PromptTuningConfig):
+        from pipelines.prompt_tuning import check_settings
+
+        check_settings(config.method, config.data.max_seq_len)
+
+    kind = getattr(config.method, "quantize_base", None)
+    if kind is not None and kind not in KINDS:
+        raise UserError(f"method.quantize_base: unknown quantization {kind!r} (expected {' or '.join(KINDS)}, or null for float weights)")

@@ -114,7 +114,7 @@ def finalize_config(config: TrainConfig, num_steps: int) -> TrainConfig:
 
 def check_inputs(config: TrainConfig, chief: bool = True) -> None:
     """Everything that can be checked before RUN_DIR is touched."""
-    from pipelines.config_checks import check_run_dir, check_values
+    from pipelines.config_checks import check_method, check_run_dir, check_values
     from pipelines.wandb_check import check_wandb_login
 
     check_values(config)
@@ -129,20 +129,6 @@ def check_inputs(config: TrainConfig, chief: bool = True) -> None:
         config.compute.remat_policy()
     except ValueError as err:
         raise UserError(f"compute: {err}") from err
-
-
-def check_method(config: TrainConfig) -> None:
-    from pipelines.config import PromptTuningConfig
-    from pipelines.quantize import KINDS
-
-    if isinstance(config.method, PromptTuningConfig):
-        from pipelines.prompt_tuning import check_settings
-
-        check_settings(config.method, config.data.max_seq_len)
-
-    kind = getattr(config.method, "quantize_base", None)
-    if kind is not None and kind not in KINDS:
-        raise UserError(f"method.quantize_base: unknown quantization {kind!r} (expected {' or '.join(KINDS)}, or null for float weights)")
 
 
 def prompt_prefix(config: TrainConfig, converter) -> tuple[int, ...]:
