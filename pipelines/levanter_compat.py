@@ -32,6 +32,10 @@ when an upgrade makes a fix unnecessary).
 9. ``converter_for_checkpoint`` also gives a Qwen2 config without ``no_bias`` ``no_bias = True``:
    Levanter's ``QwenConfig.from_hf_config`` reads ``hf_config.no_bias``, which transformers'
    ``Qwen2Config`` does not define, so no Qwen2 checkpoint loads (a Qwen2 MLP has no biases).
+10. ``without_write_cache`` (``pipelines/checkpoint_write_cache.py``, its test in
+   ``tests/test_checkpoint_memory.py``): the ``Checkpointer`` writes through JAX's
+   ``GlobalAsyncCheckpointManager``, whose process-wide TensorStore context caches every written
+   chunk (up to 10 GB), so host memory grows by one checkpoint per checkpoint. We write with no cache.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ import equinox as eqx
 import haliax as hax
 import jax
 from levanter.lora import LoraConfig, LoraLinear, LowRankLinear, loraize
+
+from pipelines.checkpoint_write_cache import without_write_cache  # noqa: F401  (fix 10)
 
 
 

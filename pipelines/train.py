@@ -236,7 +236,7 @@ def _train_in_run_dir(config: TrainConfig, chief: bool) -> TrainResult:
     from parsetune.model_families import converter_for_checkpoint
     from pipelines.lm_dataset import PackedLmDataset
     from parsetune import distributed
-    from pipelines.levanter_compat import join_tracker_broadcast, tracker_for_host
+    from pipelines.levanter_compat import join_tracker_broadcast, tracker_for_host, without_write_cache
     from pipelines.loss import rows_need, training_loss
 
     converter = converter_for_checkpoint(config.model)
@@ -274,7 +274,7 @@ def _train_in_run_dir(config: TrainConfig, chief: bool) -> TrainResult:
         )
         trainer.add_hook(StepLogger(log, real_per_step, prepared.num_steps, start, show=chief, flops=step_flops(config, model, trainer)), every=1)
         trainer.add_hook(log_step_info(prepared.num_steps), every=1)
-        checkpointer = config.trainer.checkpointer.create(trainer.run_id)
+        checkpointer = without_write_cache(config.trainer.checkpointer.create(trainer.run_id))  # levanter_compat fix 10
         trainer.add_hook(CheckpointHook(checkpointer, log), every=1)
         if prepared.validation is not None:
             batches = eval_batches(prepared.validation, batch, Pos, trainer.TrainBatch)
