@@ -107,16 +107,17 @@ def generate_predictions(
         raise UserError(f"unknown --constrain {constrain!r}; expected one of {', '.join(CONSTRAINTS)}")
     if not storage.is_gcs(out_path) and os.path.isdir(out_path):
         raise UserError(f"{out_path}: is a directory, expected a file path for the predictions")
-    from parsetune.output_guard import refuse_inputs_as_output
-
-    refuse_inputs_as_output(out_path, [data_path, schema_path, model_dir])  # the data, schema or model being read
     from parsetune.hf_files import read_hf_config
     from parsetune.model_families import check_generates
 
     if not storage.is_gcs(model_dir) and not os.path.isdir(model_dir):
         raise UserError(f"{model_dir}: model directory not found")
+    given_model = model_dir
     model_dir, soft_prompt = base_and_soft_prompt(model_dir)
     check_generates(model_dir)
+    from parsetune.output_guard import refuse_inputs_as_output
+
+    refuse_inputs_as_output(out_path, [data_path, schema_path, given_model, model_dir])  # the data, schema or model being read
     records = read_prompts(data_path, limit)
     from eval.compile_cache import enable_compilation_cache
 
