@@ -1,4 +1,4 @@
-"""How long a gs:// call may take: ``PARSETUNE_GCS_TIMEOUT`` seconds (default 30) for the request
+"""How long a gs:// call may take: ``PARSETUNE_GCS_TIMEOUT`` seconds (default 60) for the request
 and its retries together, so an endpoint that accepts connections and never answers is a one-line
 error in bounded time, not minutes of the client's retries."""
 
@@ -9,12 +9,12 @@ import os
 from parsetune.errors import UserError
 
 TIMEOUT_ENV = "PARSETUNE_GCS_TIMEOUT"
-DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10.0  # at most, to open a TCP connection to the endpoint
 
 
 def timeout_s() -> float:
-    """The time budget of one gs:// call, in seconds: ``PARSETUNE_GCS_TIMEOUT`` or 30."""
+    """The time budget of one gs:// call, in seconds: ``PARSETUNE_GCS_TIMEOUT`` or 60."""
     raw = os.environ.get(TIMEOUT_ENV, "").strip()
     if not raw:
         return DEFAULT_TIMEOUT_S

@@ -18,7 +18,7 @@ Errors that are the user's to fix (missing file or bucket, no permission, no cre
 unwritable directory) are raised as :class:`parsetune.errors.UserError` with one line naming the path.
 
 Every gs:// call is bounded in time: an endpoint that accepts connections and never answers fails
-after ``PARSETUNE_GCS_TIMEOUT`` seconds (default 30), not after the client's minutes of retries.
+after ``PARSETUNE_GCS_TIMEOUT`` seconds (default 60), not after the client's minutes of retries.
 Each request gets that timeout and the retries share it (a request started just before the budget
 runs out may take one more timeout).
 """

@@ -17,6 +17,9 @@ ASSETS = Path(__file__).parent / "assets"
 REPO = Path(__file__).resolve().parent.parent
 # hermetic: generation's persistent XLA cache stays out of ~/.cache (tests of the cache set their own)
 os.environ.setdefault("PARSETUNE_COMPILATION_CACHE", "off")
+# the in-process GCS emulator is one Python thread: on a loaded 2-core machine, with a pod's
+# checkpoints going through it, one answer has taken over 30 s; the tests of the limit set their own
+os.environ.setdefault("PARSETUNE_GCS_TIMEOUT", "180")
 
 
 def _free_port() -> int:
